@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from crossneuron.cli import app
+
+
+def test_sites_json_reports_the_cifar_resnet18_totals():
+    result = CliRunner().invoke(app, ["sites", "--model", "resnet18", "--input-shape", "3,32,32", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["network_macs"] == 555_422_720 and data["site_macs"] == 555_417_600
+    assert len(data["sites"]) == 17
+    assert sum(r["macs"] for r in data["sites"]) == data["site_macs"]
+    assert abs(sum(r["share_of_network_pct"] for r in data["sites"]) - data["site_share_of_network_pct"]) < 1e-9
+
+
+def test_sites_table_names_every_site():
+    result = CliRunner().invoke(app, ["sites", "--model", "alexnet", "--input-shape", "3,32,32"])
+    assert result.exit_code == 0
+    assert "features.1" in result.output and "features.11" in result.output and "5 sites" in result.output
+
+
+def _cli(*args):
+    code = "from crossneuron.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_input_is_one_line_and_nonzero_exit():
+    for args, needle in [
+        (["sites", "--model", "resnet19"], "unknown model 'resnet19'"),
+        (["sites", "--input-shape", "3,32"], "--input-shape must be C,H,W"),
+        (["sites", "--patch-size", "7"], "patch size must be from 2 to 5"),
+    ]:
+        proc = _cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], proc.stderr

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from crossneuron import patterns as pt
+from crossneuron.errors import CrossneuronError
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 5])
+def test_counts_follow_binomials(p):
+    n = p * p
+    assert len(pt.pattern_codes(p)) == 2**n - 2
+    assert len(pt.pattern_codes(p, (1, 2))) == math.comb(n, 1) + math.comb(n, 2)
+    assert len(pt.pattern_codes(p, (n - 1, n - 1))) == n
+
+
+@pytest.mark.parametrize("p", [2, 3, 4])
+def test_codes_round_trip_and_bit_layout(p):
+    for code in pt.pattern_codes(p, (1, 3)):
+        pattern = pt.code_to_pattern(code, p)
+        assert pt.pattern_to_code(pattern) == code
+        i, j = divmod((code & -code).bit_length() - 1, p)  # lowest set bit is position (i, j)
+        assert pattern[i, j]
+    stack = pt.enumerate_patterns(p, (2, 2))
+    assert stack.shape == (math.comb(p * p, 2), p, p) and torch.all(stack.sum((1, 2)) == 2)
+
+
+def test_diagonal_and_description():
+    assert pt.pattern_to_code(pt.diagonal(2)) == 0b1001
+    assert pt.pattern_to_code(pt.diagonal(3)) == 0b100010001
+    assert pt.describe(9, 2) == "#.|.#"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: pt.pattern_codes(1), "from 2 to 5"),
+        (lambda: pt.pattern_codes(6), "from 2 to 5"),
+        (lambda: pt.pattern_codes(2.0), "integer"),
+        (lambda: pt.pattern_codes(2, (3, 2)), "empty"),
+        (lambda: pt.pattern_codes(2, (0, 2)), "outside 1-3"),
+        (lambda: pt.pattern_codes(3, (1, 9)), "outside 1-8"),
+        (lambda: pt.code_to_pattern(15, 2), "not a pattern"),
+        (lambda: pt.code_to_pattern(0, 2), "not a pattern"),
+        (lambda: pt.pattern_to_code(torch.ones(2, 2, dtype=torch.bool)), "all-true"),
+        (lambda: pt.pattern_to_code(torch.ones(2, 3, dtype=torch.bool)), "square"),
+    ],
+)
+def test_bad_input_is_one_clear_error(call, message):
+    with pytest.raises(CrossneuronError, match=message):
+        call()

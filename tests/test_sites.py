@@ -1,0 +1,115 @@
+"""Site discovery (SPEC 1) on torchvision models and hand-made graphs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import crossneuron as cn
+from crossneuron.errors import CrossneuronError
+
+
+@pytest.mark.parametrize(
+    "name, count", [("resnet18", 17), ("resnet34", 33), ("resnet50", 49), ("vgg16_bn", 13), ("alexnet", 5)]
+)
+def test_torchvision_site_counts(name, count):
+    model = getattr(torchvision.models, name)(weights=None)
+    net = cn.attach(model, (3, 224, 224))
+    assert len(net.sites) == count
+    assert [s.index for s in net.sites] == list(range(count))
+    assert len({s.name for s in net.sites}) == count
+
+
+def test_registry_models_match_torchvision_counts():
+    for name, spec in cn.MODELS.items():
+        net = cn.attach(cn.build_model(name, 10, (3, 32, 32), width=0.25), (3, 32, 32))
+        assert len(net.sites) == spec.sites_imagenet, name
+
+
+def test_basic_block_relu_called_twice_gives_two_sites_with_residual_macs():
+    net = cn.attach(cn.build_model("resnet18", 10, (3, 32, 32)), (3, 32, 32))
+    names = [s.name for s in net.sites]
+    assert names[:3] == ["relu", "layer1.0.relu", "layer1.0.relu@1"]
+    down = net.site("layer2.0.relu@1")  # conv2 (3x3, 128 in) plus the 1x1 downsample (64 in)
+    assert down.convs == ("layer2.0.conv2", "layer2.0.downsample.0")
+    assert down.macs_per_output == 128 * 9 + 64
+    identity = net.site("layer2.1.relu@1")  # identity branch reaches an earlier ReLU: nothing
+    assert identity.convs == ("layer2.1.conv2",) and identity.macs_per_output == 128 * 9
+    assert net.site("relu").shape == (64, 32, 32)
+    assert net.site("layer4.1.relu@1").shape == (512, 4, 4)
+
+
+class Functional(nn.Module):
+    """Functional, in-place and method ReLUs; a conv with two consumers; a ReLU after pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(4)
+        self.c = nn.Conv2d(4, 4, 1)
+        self.d = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))  # site, 27
+        x = torch.relu_(self.bn(self.b(x)))  # site, 4/2*9 = 18
+        y = self.c(x)
+        z = y.relu()  # not a site: c's output also feeds the sum below
+        x = F.relu(F.max_pool2d(x, 2))  # not a site: pooling stops the walk
+        w = F.relu(self.d(x) + F.interpolate(z + y, scale_factor=0.5), inplace=True)  # site via add, 36
+        return w.mean((2, 3))
+
+
+def test_functional_inplace_method_and_excluded_convs():
+    net = cn.attach(Functional(), (3, 8, 8))
+    assert [(s.name, s.macs_per_output, s.convs) for s in net.sites] == [
+        ("relu", 27, ("a",)),
+        ("relu@1", 18, ("b",)),
+        ("relu@2", 36, ("d",)),
+    ]
+    assert net.sites[2].shape == (4, 4, 4)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.block = Branchy()
+
+    def forward(self, x):
+        return self.block(F.relu(self.conv(x)))
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: FX cannot trace this
+            return F.relu(self.conv(x))
+        return x
+
+
+def test_untraceable_module_is_named_with_the_leaf_fix():
+    with pytest.raises(CrossneuronError) as info:
+        cn.attach(Untraceable(), (3, 8, 8))
+    message = str(info.value)
+    assert "module 'block' (Branchy)" in message and "leaf_modules=['block']" in message
+    assert "\n" not in message
+    net = cn.attach(Untraceable(), (3, 8, 8), leaf_modules=["block"])  # the suggested fix works
+    assert [s.name for s in net.sites] == ["relu"]
+    net = cn.attach(Untraceable(), (3, 8, 8), leaf_modules=[Branchy])
+    assert len(net.sites) == 1
+
+
+def test_model_without_sites_and_bad_shapes_are_clear_errors():
+    with pytest.raises(CrossneuronError, match="has no site"):
+        cn.attach(nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.ReLU()), (3, 2, 2))
+    with pytest.raises(CrossneuronError, match="does not run on input_shape"):
+        cn.attach(cn.build_model("resnet18", 10, (3, 32, 32), 0.25), (1, 32, 32))
+    with pytest.raises(CrossneuronError, match=r"input_shape must be \(C, H, W\)"):
+        cn.attach(cn.build_model("resnet18", 10, (3, 32, 32), 0.25), (32, 32))
+    with pytest.raises(CrossneuronError, match="unknown model 'resnet19'"):
+        cn.build_model("resnet19")

@@ -1,0 +1,117 @@
+"""The vectorised prediction layer against the loop reference, and its properties."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossneuron.errors import CrossneuronError
+from crossneuron.spatial import Spatial, padded_size, predicted_positions
+
+from conftest import devices, sparse_relu_map
+from reference import predict_loop
+
+
+def _random_mask(c, h, w, p, seed, density=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(c, padded_size(h, p), padded_size(w, p), generator=g) < density
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize(
+    "p, shape",
+    [
+        (2, (3, 4, 8, 8)),
+        (2, (2, 3, 7, 5)),
+        (3, (2, 2, 10, 7)),
+        (3, (1, 5, 9, 9)),
+        (4, (3, 2, 6, 11)),
+        (4, (2, 1, 4, 4)),
+    ],
+)
+def test_layer_matches_loop_reference(p, shape, device):
+    n, c, h, w = shape
+    total_predicted = 0
+    for seed in range(3):
+        x = sparse_relu_map(shape, zero_fraction=0.9 - 0.25 * seed, seed=seed)
+        mask = _random_mask(c, h, w, p, seed, density=0.1 + 0.3 * seed)
+        ref_out, ref_pred, ref_mis = predict_loop(x, mask, p)
+        layer = Spatial((c, h, w), p, macs_per_output=7).to(device)
+        layer.mask.copy_(mask)
+        out = layer(x.to(device)).cpu()
+        assert torch.equal(out, ref_out)
+        predicted, mispredicted, zeros, images = layer.counts.tolist()
+        assert (predicted, mispredicted) == (ref_pred, ref_mis)
+        assert zeros == int((x == 0).sum()) and images == n
+        total_predicted += ref_pred
+    assert total_predicted > 0  # the maps are sparse enough that prediction happens
+
+
+def test_statistics_accumulate_until_reset():
+    x = sparse_relu_map((2, 3, 6, 6), seed=4)
+    layer = Spatial((3, 6, 6), 2, 1)
+    layer.mask.copy_(torch.eye(2, dtype=torch.bool).repeat(3, 3, 3))
+    layer(x)
+    once = layer.counts.clone()
+    layer(x)
+    assert torch.equal(layer.counts, 2 * once)
+    layer.reset_stats()
+    assert layer.counts.sum() == 0
+
+
+def test_gradients_flow_unchanged_where_not_predicted():
+    x = sparse_relu_map((2, 2, 6, 5), seed=1).requires_grad_(True)
+    layer = Spatial((2, 6, 5), 2, 1)
+    layer.mask.copy_(_random_mask(2, 6, 5, 2, 3, density=0.4))
+    upstream = torch.randn(2, 2, 6, 5)
+    layer(x).backward(upstream)
+    fill = predicted_positions(x.detach(), layer.mask, 2)
+    assert fill.any()
+    assert torch.equal(x.grad[~fill], upstream[~fill])
+    assert torch.all(x.grad[fill] == 0)
+
+
+def test_disabled_or_all_true_layer_is_identity_object():
+    x = sparse_relu_map((1, 2, 4, 4))
+    layer = Spatial((2, 4, 4), 2, 1)
+    assert layer(x) is x
+    layer.mask[0, 0, 0] = False  # an in-place change is seen
+    assert layer.predicting
+    layer.enabled = False
+    assert layer(x) is x
+
+
+def test_wrong_input_shape_is_one_clear_error():
+    layer = Spatial((2, 4, 4), 2, 1)
+    with pytest.raises(CrossneuronError, match=r"expects input \(N, 2, 4, 4\)"):
+        layer(torch.zeros(1, 3, 4, 4))
+
+
+maps = st.tuples(
+    st.integers(2, 4), st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**31)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(maps, st.floats(0.0, 0.95))
+def test_properties(dims, zero_fraction):
+    p, n, c, h, w, seed = dims
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, c, h, w, generator=g)
+    x[torch.rand(n, c, h, w, generator=g) < zero_fraction] = 0
+    # all-true mask: nothing changes, nothing is predicted
+    layer = Spatial((c, h, w), p, 3)
+    assert torch.equal(layer(x), x) and layer.counts[0] == 0
+    # any mask: output only ever zeroes values; where nothing was mispredicted, saved <= oracle
+    mask = torch.rand(c, padded_size(h, p), padded_size(w, p), generator=g) < 0.5
+    layer.mask.copy_(mask)
+    layer.reset_stats()
+    out = layer(x)
+    assert torch.all((out == x) | (out == 0))
+    predicted, mispredicted, zeros, _ = layer.counts.tolist()
+    assert predicted - mispredicted <= zeros
+    if mispredicted == 0:
+        assert predicted <= zeros
+    # the mask-True positions are never changed
+    full = mask[:, :h, :w].expand(n, c, h, w)
+    assert torch.equal(out[full], x[full])
