@@ -53,7 +53,7 @@ def test_stats_match_a_loop_over_sites(small):
         net.set_mask(s, torch.rand(c, h, w, generator=g) < 0.5)
     captured = {}
     hooks = [
-        net.spatial(s).register_forward_hook(lambda m, a, o, i=s.index: captured.__setitem__(i, a[0].clone()))
+        net.spatial(s).register_forward_pre_hook(lambda m, a, i=s.index: captured.__setitem__(i, a[0].clone()))
         for s in net.sites
     ]
     x = torch.randn(3, 3, 16, 16)

@@ -266,7 +266,8 @@ def attach(
             f"identity-like ops and residual adds (leaf modules hide what is inside them)"
         )
     macs = network_macs(gm)
-    layers = nn.ModuleList(Spatial(s.shape, p, s.macs_per_output) for s in sites)
+    # a site's ReLU output feeds only its Spatial layer, which may therefore overwrite it
+    layers = nn.ModuleList(Spatial(s.shape, p, s.macs_per_output, inplace=True) for s in sites)
     param = next(model.parameters(), None)
     if param is not None:
         layers.to(param.device)

@@ -7,7 +7,10 @@ no Python loop over images, channels or patches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import CrossneuronError
@@ -18,21 +21,48 @@ def padded_size(n: int, p: int) -> int:
     return -(-n // p) * p
 
 
-def predicted_positions(x: torch.Tensor, mask: torch.Tensor, p: int) -> torch.Tensor:
-    """Bool (N, C, H, W): the positions of ``x`` that ``mask`` (C, Hp, Wp) predicts to be zero.
+def _patch_any(flags: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, C, Hp, Wp) bool -> (N, C, Hp/p, Wp/p): any True in each p x p patch (strided ORs)."""
+    rows = flags[:, :, 0::p]
+    for i in range(1, p):
+        rows = rows | flags[:, :, i::p]
+    out = rows[..., 0::p]
+    for j in range(1, p):
+        out = out | rows[..., j::p]
+    return out
 
-    ``x`` is (N, C, H, W); padding up to (Hp, Wp) counts as zero.
+
+def _pad_to(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+    h, w = t.shape[-2:]
+    return t if (h, w) == (hp, wp) else F.pad(t, (0, wp - w, 0, hp - h))
+
+
+def _count(flags: torch.Tensor) -> torch.Tensor:
+    """Number of True values; int32 accumulation where it cannot overflow (several times faster)."""
+    return flags.sum(dtype=torch.int32 if flags.numel() < 2**31 else torch.int64)
+
+
+def predict_patches(nonzero: torch.Tensor, mask: torch.Tensor, p: int) -> torch.Tensor:
+    """Bool (N, C, Hp/p, Wp/p): the patches whose computed positions (mask True) are all zero.
+
+    ``nonzero`` is (N, C, H, W) bool; padding up to the mask's (Hp, Wp) counts as zero.
     """
-    n, c, h, w = x.shape
     hp, wp = mask.shape[1:]
-    nz = x != 0
-    if (hp, wp) != (h, w):
-        nz = torch.nn.functional.pad(nz, (0, wp - w, 0, hp - h))
-    hb, wb = hp // p, wp // p
-    computed_nonzero = (nz & mask).view(n, c, hb, p, wb, p).any(dim=5).any(dim=3)
-    predict = (~computed_nonzero)[:, :, :, None, :, None]
-    fill = (predict & ~mask.view(1, c, hb, p, wb, p)).view(n, c, hp, wp)
-    return fill[:, :, :h, :w] if (hp, wp) != (h, w) else fill
+    return ~_patch_any(_pad_to(nonzero, hp, wp) & mask, p)
+
+
+def expand_patches(patches: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
+    """(N, C, Hb, Wb) -> (N, C, h, w): each patch value repeated over its p x p positions."""
+    n, c, hb, wb = patches.shape
+    full = patches[:, :, :, None, :, None].expand(n, c, hb, p, wb, p).reshape(n, c, hb * p, wb * p)
+    return full[:, :, :h, :w]
+
+
+def predicted_positions(x: torch.Tensor, mask: torch.Tensor, p: int) -> torch.Tensor:
+    """Bool (N, C, H, W): the positions of ``x`` that ``mask`` (C, Hp, Wp) predicts to be zero."""
+    h, w = x.shape[-2:]
+    patches = predict_patches(x != 0, mask, p)
+    return expand_patches(patches, p, h, w) & ~mask[:, :h, :w]
 
 
 class Spatial(nn.Module):
@@ -42,8 +72,9 @@ class Spatial(nn.Module):
     Statistics are device tensors, summed without a host sync per call.
     """
 
-    def __init__(self, shape: tuple[int, int, int], patch_size: int, macs_per_output: int):
+    def __init__(self, shape: tuple[int, int, int], patch_size: int, macs_per_output: int, inplace: bool = False):
         super().__init__()
+        self.inplace = inplace  # may overwrite its input when no gradient is needed (attach: the ReLU's output)
         c, h, w = shape
         self.shape = (c, h, w)
         self.patch_size = patch_size
@@ -54,6 +85,7 @@ class Spatial(nn.Module):
         # predicted positions, mispredicted positions, zero positions (oracle), images
         self.register_buffer("counts", torch.zeros(4, dtype=torch.int64), persistent=False)
         self._checked_version: tuple[int, bool] | None = None
+        self._derived_for = None
 
     @property
     def predicting(self) -> bool:
@@ -74,14 +106,79 @@ class Spatial(nn.Module):
                 f"Spatial layer expects input (N, {', '.join(map(str, self.shape))}), got "
                 f"{tuple(x.shape)}: attach with the input_shape the model is run on"
             )
+        p = self.patch_size
         with torch.no_grad():
-            nonzero = torch.count_nonzero(x)
-            self.counts[2] += x.numel() - nonzero
             self.counts[3] += x.shape[0]
-        if not self.predicting:
-            return x
-        fill = predicted_positions(x.detach(), self.mask, self.patch_size)
-        with torch.no_grad():
-            self.counts[0] += fill.sum()
-            self.counts[1] += (fill & (x != 0)).sum()
-        return x.masked_fill(fill, 0)
+            if not self.predicting:
+                self.counts[2] += x.numel() - _count(x.bool())
+                return x
+            offsets, weight = self._derived()
+            # Work on the p*p strided sub-grids x[..., i::p, j::p]: each holds one position of
+            # every patch, so patch-wide ORs and counts are element-wise ops on small tensors.
+            computed = None
+            nonzero = None  # per patch, the number of non-zero positions (uint8, <= p*p)
+            nonzero_map = _pad_to(x.bool(), *self.mask.shape[1:])  # x != 0, a faster kernel
+            for off in offsets:
+                nz = nonzero_map[:, :, off.i :: p, off.j :: p]
+                nonzero = nz.view(torch.uint8) if nonzero is None else nonzero + nz.view(torch.uint8)
+                if off.computed is not None:
+                    hit = nz if off.computed is True else nz & off.computed
+                    computed = hit if computed is None else computed | hit
+            predict = torch.ones_like(nonzero, dtype=torch.bool) if computed is None else ~computed
+            as_int = predict.view(torch.uint8)
+            self.counts[0] += _count(as_int * weight)
+            # in a predicted patch every computed position is zero: its non-zeros are all mispredicted
+            self.counts[1] += _count(as_int * nonzero)
+            self.counts[2] += x.numel() - _count(nonzero)
+        out = x if self.inplace and not (torch.is_grad_enabled() and x.requires_grad) else x.clone()
+        for off in offsets:
+            if off.predicted is not None:
+                fill = predict[:, :, : off.rows, : off.cols]
+                out[:, :, off.i :: p, off.j :: p].masked_fill_(
+                    fill if off.predicted is True else fill & off.predicted, 0
+                )
+        return out
+
+    def _derived(self):
+        """Per-offset masks and per-patch weights, recomputed only when the mask changes in place."""
+        version = (self.mask._version, self.mask.device)
+        if self._derived_for != version:
+            self._derived_cache = _offsets(self.mask, self.shape, self.patch_size)
+            self._derived_for = version
+        return self._derived_cache
+
+
+@dataclass(frozen=True)
+class _Offset:
+    """Position (i, j) of every patch. ``computed``/``predicted``: (C, Hb, Wb) and (C, rows, cols)
+    bool, or True where the whole sub-grid is, or None where none of it is."""
+
+    i: int
+    j: int
+    rows: int
+    cols: int
+    computed: torch.Tensor | bool | None
+    predicted: torch.Tensor | bool | None
+
+
+def _summarise(t: torch.Tensor) -> torch.Tensor | bool | None:
+    if bool(t.all()):
+        return True
+    return t.contiguous() if bool(t.any()) else None
+
+
+def _offsets(mask: torch.Tensor, shape: tuple[int, int, int], p: int):
+    c, h, w = shape
+    subgrids = []
+    for i in range(p):
+        for j in range(p):
+            m = mask[:, i::p, j::p]
+            rows, cols = len(range(i, h, p)), len(range(j, w, p))
+            real_not = ~m[:, :rows, :cols]
+            subgrids.append(
+                _Offset(i, j, rows, cols, _summarise(m), _summarise(real_not) if real_not.numel() else None)
+            )
+    real = torch.zeros_like(mask)
+    real[:, :h, :w] = True
+    weight = (~mask & real).view(c, mask.shape[1] // p, p, -1, p).sum((2, 4)).to(torch.uint8)
+    return subgrids, weight
