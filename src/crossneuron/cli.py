@@ -108,3 +108,100 @@ def main() -> None:
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
+
+
+DataRoot = Annotated[
+    str | None, typer.Option("--data-root", help="folder with the data files (default: $CROSSNEURON_DATA)")
+]
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="registry model name")],
+    dataset: Annotated[str, typer.Option(help="registry dataset name")],
+    out: Annotated[str, typer.Option(help="checkpoint folder to write")],
+    width: float = 1.0,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    seed: int = 0,
+    val_size: Annotated[int | None, typer.Option(help="images held out for val (default: dataset's)")] = None,
+    device: str = "cpu",
+    data_root: DataRoot = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
+    fp32: Annotated[bool, typer.Option(help="store weights in fp32 (default fp16)")] = False,
+    quiet: bool = False,
+):
+    """Train a model; a checkpoint each epoch; metrics.json with val and test accuracy at the end."""
+    from .train import TrainConfig
+    from .train import train as run
+
+    cfg = TrainConfig(model, dataset, width, epochs, batch_size, lr, seed=seed, val_size=val_size, device=device,
+                      half=not fp32)  # fmt: skip
+    metrics = run(cfg, out, data_root, resume, quiet)
+    typer.echo(f"val accuracy {metrics['val_accuracy']:.2f}%  test accuracy {metrics['test_accuracy']:.2f}%  -> {out}")
+
+
+def _pattern_run(checkpoint_dir, split, patch_size, data_root, device):
+    from .checkpoint import load
+    from .data import dataset_spec, load_arrays
+    from .evaluate import evaluate_pattern
+    from .splits import make_split, split_arrays
+
+    model, meta = load(checkpoint_dir, device)
+    spec = dataset_spec(meta["dataset"])
+    arrays = load_arrays(meta["dataset"], data_root)
+    s = make_split(len(arrays.y_train), meta["val_size"], meta["split_seed"])
+    if s.val_hash != meta["val_hash"]:
+        raise CrossneuronError(
+            f"the val split of {meta['dataset']} found here differs from the checkpoint's ({meta['val_hash']}): "
+            "other data files?"
+        )
+    x, y = split_arrays(arrays, s, split)
+    return evaluate_pattern(model, spec, x, y, patch_size, device=device), meta
+
+
+def _print_pattern(result, title: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    typer.echo(title)
+    typer.echo(f"  accuracy without prediction {result.base_accuracy:.2f}%, with {result.accuracy:.2f}% "
+               f"(drop {result.drop:.2f} points) on {result.images} images")  # fmt: skip
+    typer.echo(f"  MACs saved {result.macs_saved_pct_network:.2f}% of network, {result.macs_saved_pct_sites:.2f}% "
+               f"of sites; oracle {result.oracle_pct_network:.2f}% of network; "
+               f"mispredicted {result.mispredicted_rate:.2f}% of predicted positions")  # fmt: skip
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[str, typer.Option(help="checkpoint folder")],
+    split: Annotated[str, typer.Option(help="val or test")] = "test",
+    patch_size: int = 2,
+    pattern: Annotated[str, typer.Option(help="pattern tiled at every site: diagonal")] = "diagonal",
+    data_root: DataRoot = None,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Accuracy with and without prediction on a split, MACs saved, oracle and misprediction rate."""
+    if pattern != "diagonal":
+        raise CrossneuronError(f"unknown --pattern '{pattern}': only 'diagonal' is available here")
+    if split not in ("val", "test"):
+        raise CrossneuronError(f"--split must be val or test, got '{split}'")
+    result, meta = _pattern_run(checkpoint, split, patch_size, data_root, device)
+    _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {pattern} {patch_size}x{patch_size}",
+                   as_json)  # fmt: skip
+
+
+@app.command()
+def baseline(
+    checkpoint: Annotated[str, typer.Option(help="checkpoint folder")],
+    patch_size: int = 2,
+    data_root: DataRoot = None,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """The 2018 paper's baseline: the diagonal pattern at every site, measured on the test split."""
+    result, meta = _pattern_run(checkpoint, "test", patch_size, data_root, device)
+    _print_pattern(result, f"diagonal baseline {patch_size}x{patch_size}: {meta['model']} on {meta['dataset']} (test)",
+                   as_json)  # fmt: skip

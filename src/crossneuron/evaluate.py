@@ -1,0 +1,76 @@
+"""Accuracy of a model or net on a split, and the 2018 diagonal baseline (SPEC 2 and 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import DatasetSpec
+from .net import attach
+from .patterns import diagonal
+from .splits import batches
+
+
+@torch.inference_mode()
+def correct_count(model: nn.Module, x, y, spec: DatasetSpec, batch_size: int = 500, device="cpu") -> int:
+    """Number of images of (x, y) whose top-1 prediction is right."""
+    model.eval()
+    hits = torch.zeros((), dtype=torch.int64, device=device)
+    for xb, yb in batches(x, y, spec, batch_size, device):
+        hits += (model(xb).argmax(1) == yb).sum()
+    return int(hits)
+
+
+@dataclass(frozen=True)
+class PatternResult:
+    accuracy: float
+    base_accuracy: float
+    macs_saved_pct_network: float
+    macs_saved_pct_sites: float
+    oracle_pct_network: float
+    oracle_pct_sites: float
+    mispredicted_rate: float
+    images: int
+
+    @property
+    def drop(self) -> float:
+        return self.base_accuracy - self.accuracy
+
+    def as_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "base_accuracy": self.base_accuracy,
+            "drop": self.drop,
+            "macs_saved_pct_network": self.macs_saved_pct_network,
+            "macs_saved_pct_sites": self.macs_saved_pct_sites,
+            "oracle_pct_network": self.oracle_pct_network,
+            "oracle_pct_sites": self.oracle_pct_sites,
+            "mispredicted_rate": self.mispredicted_rate,
+            "images": self.images,
+        }
+
+
+def evaluate_pattern(model, spec: DatasetSpec, x, y, patch_size: int, pattern=None, batch_size=500, device="cpu"):
+    """Accuracy without prediction and with ``pattern`` (default: the diagonal) tiled at every site."""
+    model = model.to(device).eval()
+    base = correct_count(model, x, y, spec, batch_size, device)
+    net = attach(model, spec.input_shape, patch_size)
+    mask = diagonal(patch_size) if pattern is None else pattern
+    for site in net.sites:
+        net.set_mask(site, mask)
+    net.reset_stats()
+    hits = correct_count(net, x, y, spec, batch_size, device)
+    s = net.stats()
+    n = len(y)
+    return PatternResult(
+        accuracy=100.0 * hits / n,
+        base_accuracy=100.0 * base / n,
+        macs_saved_pct_network=s.macs_saved_pct_network,
+        macs_saved_pct_sites=s.macs_saved_pct_sites,
+        oracle_pct_network=s.oracle_pct_network,
+        oracle_pct_sites=s.oracle_pct_sites,
+        mispredicted_rate=s.mispredicted_rate,
+        images=n,
+    )

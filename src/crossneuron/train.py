@@ -1,0 +1,175 @@
+"""Training: SGD with momentum, cosine LR, a checkpoint each epoch, resumable and deterministic."""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import checkpoint
+from .data import dataset_spec, load_arrays
+from .errors import CrossneuronError
+from .evaluate import correct_count
+from .fsutil import atomic_write, write_json
+from .models import build_model
+from .splits import batches, make_split, split_arrays
+
+STATE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    dataset: str
+    width: float = 1.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    val_size: int | None = None  # None: the dataset's default (5,000 for the real ones)
+    device: str = "cpu"
+    half: bool = True  # store weights in fp16 (loaded back as fp32)
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise CrossneuronError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise CrossneuronError(f"--lr must be positive, got {self.lr}")
+
+
+def _save_state(out: Path, model, optimizer, epoch: int, history: list) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}
+    atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
+
+
+def _load_state(out: Path):
+    try:
+        return torch.load(out / STATE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is one clear line
+        raise CrossneuronError(f"{out / STATE} is corrupt ({type(exc).__name__}); delete it to start over") from None
+
+
+def train(cfg: TrainConfig, out: str | Path, data_root=None, resume: bool = False, quiet: bool = False) -> dict:
+    """Train ``cfg.model`` on ``cfg.dataset`` into the checkpoint folder ``out``; returns the metrics."""
+    cfg.check()
+    out = Path(out)
+    spec = dataset_spec(cfg.dataset)
+    if cfg.val_size is None:
+        cfg.val_size = spec.val_size
+    arrays = load_arrays(cfg.dataset, data_root)
+    split = make_split(len(arrays.y_train), cfg.val_size, cfg.seed)
+    x_train, y_train = split_arrays(arrays, split, "train")
+    x_val, y_val = split_arrays(arrays, split, "val")
+    config_path = out / "config.json"
+    if (out / STATE).exists() and not resume:
+        raise CrossneuronError(f"{out} already holds a training run: pass --resume to continue it, or another --out")
+    if resume and config_path.exists():
+        import json
+
+        if json.loads(config_path.read_text()) != asdict(cfg):
+            raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
+    write_json(config_path, asdict(cfg))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, spec.num_classes, spec.input_shape, cfg.width).to(cfg.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    )
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    start, history = 0, []
+    if resume and (out / STATE).exists():
+        state = _load_state(out)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], state["history"]
+        schedule.last_epoch = start * steps_per_epoch
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * schedule.lr_lambdas[0](schedule.last_epoch)
+    meta = {
+        "model": cfg.model,
+        "width": cfg.width,
+        "dataset": cfg.dataset,
+        "input_shape": list(spec.input_shape),
+        "num_classes": spec.num_classes,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "split_seed": cfg.seed,
+        "val_size": cfg.val_size,
+        "val_hash": split.val_hash,
+        "data_source": arrays.source,
+        "command": " ".join(sys.argv),
+        "config": asdict(cfg),
+        "versions": {
+            "crossneuron": __import__("crossneuron").__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+    ]  # fmt: skip
+    with Progress(*columns, disable=quiet, transient=False) as progress:
+        for epoch in range(start, cfg.epochs):
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same stream after a resume
+            shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
+            model.train()
+            t0, seen, loss_sum, hits = time.perf_counter(), 0, 0.0, 0
+            for xb, yb in batches(x_train, y_train, spec, cfg.batch_size, cfg.device, shuffle, train_augment=True):
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                seen += len(yb)
+                loss_sum += float(loss) * len(yb)
+                hits += int((logits.argmax(1) == yb).sum())
+                rate = seen / (time.perf_counter() - t0)
+                info = f"loss {loss_sum / seen:.4f}  acc {100 * hits / seen:.2f}%  {rate:.0f} img/s"
+                progress.update(task, advance=1, info=info)
+            val_acc = 100.0 * correct_count(model, x_val, y_val, spec, 500, cfg.device) / len(y_val)
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": loss_sum / seen,
+                    "train_accuracy": 100.0 * hits / seen,
+                    "val_accuracy": val_acc,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            progress.update(task, info=f"{info}  val {val_acc:.2f}%")
+            checkpoint.save(
+                out, model, {**meta, "epoch": epoch + 1, "val_accuracy": val_acc, "test_accuracy": None}, cfg.half
+            )
+            _save_state(out, model, optimizer, epoch + 1, history)
+    final, _ = checkpoint.load(out, cfg.device)  # measure exactly what is stored (fp16 weights, if asked)
+    val_acc = 100.0 * correct_count(final, x_val, y_val, spec, 500, cfg.device) / len(y_val)
+    test_acc = 100.0 * correct_count(final, arrays.x_test, arrays.y_test, spec, 500, cfg.device) / len(arrays.y_test)
+    checkpoint.save(
+        out, final, {**meta, "epoch": cfg.epochs, "val_accuracy": val_acc, "test_accuracy": test_acc}, cfg.half
+    )
+    metrics = {
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "epochs": cfg.epochs,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "history": history,
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
