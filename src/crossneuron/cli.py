@@ -130,7 +130,8 @@ def train(
     data_root: DataRoot = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     fp32: Annotated[bool, typer.Option(help="store weights in fp32 (default fp16)")] = False,
-    quiet: bool = False,
+    stop_after: Annotated[int | None, typer.Option(help="pause after this many epochs (resume with --resume)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar; one line per epoch")] = False,
 ):
     """Train a model; a checkpoint each epoch; metrics.json with val and test accuracy at the end."""
     from .train import TrainConfig
@@ -138,7 +139,11 @@ def train(
 
     cfg = TrainConfig(model, dataset, width, epochs, batch_size, lr, seed=seed, val_size=val_size, device=device,
                       half=not fp32)  # fmt: skip
-    metrics = run(cfg, out, data_root, resume, quiet)
+    log = (lambda line: typer.echo(line, err=True)) if quiet or not sys.stderr.isatty() else None
+    metrics = run(cfg, out, data_root, resume, quiet or not sys.stderr.isatty(), stop_after, log)
+    if metrics is None:
+        typer.echo(f"paused after {stop_after} epoch(s): continue with --resume --out {out}")
+        return
     typer.echo(f"val accuracy {metrics['val_accuracy']:.2f}%  test accuracy {metrics['test_accuracy']:.2f}%  -> {out}")
 
 

@@ -6,6 +6,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,8 +61,20 @@ def _load_state(out: Path):
         raise CrossneuronError(f"{out / STATE} is corrupt ({type(exc).__name__}); delete it to start over") from None
 
 
-def train(cfg: TrainConfig, out: str | Path, data_root=None, resume: bool = False, quiet: bool = False) -> dict:
-    """Train ``cfg.model`` on ``cfg.dataset`` into the checkpoint folder ``out``; returns the metrics."""
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    data_root=None,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict | None:
+    """Train ``cfg.model`` on ``cfg.dataset`` into the checkpoint folder ``out``; returns the metrics.
+
+    ``stop_after``: train at most that many epochs in this call and return None (resume later);
+    ``log`` receives one line per epoch (for logs where no progress bar shows).
+    """
     cfg.check()
     out = Path(out)
     spec = dataset_spec(cfg.dataset)
@@ -138,7 +151,7 @@ def train(cfg: TrainConfig, out: str | Path, data_root=None, resume: bool = Fals
                 optimizer.step()
                 schedule.step()
                 seen += len(yb)
-                loss_sum += float(loss) * len(yb)
+                loss_sum += loss.item() * len(yb)
                 hits += int((logits.argmax(1) == yb).sum())
                 rate = seen / (time.perf_counter() - t0)
                 info = f"loss {loss_sum / seen:.4f}  acc {100 * hits / seen:.2f}%  {rate:.0f} img/s"
@@ -158,6 +171,10 @@ def train(cfg: TrainConfig, out: str | Path, data_root=None, resume: bool = Fals
                 out, model, {**meta, "epoch": epoch + 1, "val_accuracy": val_acc, "test_accuracy": None}, cfg.half
             )
             _save_state(out, model, optimizer, epoch + 1, history)
+            if log is not None:
+                log(f"epoch {epoch + 1}/{cfg.epochs}: {info}  val {val_acc:.2f}%  {history[-1]['seconds']:.0f} s")
+            if stop_after is not None and epoch + 1 - start >= stop_after and epoch + 1 < cfg.epochs:
+                return None
     final, _ = checkpoint.load(out, cfg.device)  # measure exactly what is stored (fp16 weights, if asked)
     val_acc = 100.0 * correct_count(final, x_val, y_val, spec, 500, cfg.device) / len(y_val)
     test_acc = 100.0 * correct_count(final, arrays.x_test, arrays.y_test, spec, 500, cfg.device) / len(arrays.y_test)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Train the reference checkpoints of checkpoints/README.md, one after another, each resumable:
+# re-running the script continues an interrupted training and skips finished ones.
+#   nohup scripts/train_references.sh [NAME ...] > train_references.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${CROSSNEURON_DATA:-../shared/data}"
+run() {  # name, then crossneuron train options
+  local name=$1; shift
+  if [ "$#" -gt 0 ] && [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  if [ -f "checkpoints/$name/metrics.json" ]; then echo "$name: done"; return; fi
+  local resume=""; [ -f "checkpoints/$name/train_state.pt" ] && resume="--resume"
+  echo "$name: training ($(date -u +%FT%TZ))"
+  /usr/bin/time -f "$name: %e s wall" .venv/bin/crossneuron train "$@" --data-root "$DATA" --out "checkpoints/$name" $resume --quiet
+}
+ONLY="${*:-}"
+run resnet18-w0.25-fashion-mnist --model resnet18 --width 0.25 --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05
+run resnet18-mnist --model resnet18 --dataset mnist --epochs 2 --batch-size 128 --lr 0.05
+run resnet18-fashion-mnist --model resnet18 --dataset fashion-mnist --epochs 3 --batch-size 128 --lr 0.05
+run alexnet-cifar10 --model alexnet --dataset cifar10 --epochs 15 --batch-size 128 --lr 0.02
+run resnet18-w0.5-cifar10 --model resnet18 --width 0.5 --dataset cifar10 --epochs 15 --batch-size 128 --lr 0.05

@@ -1,0 +1,107 @@
+"""Training, checkpoints, resume and evaluation on synthetic data and a tiny model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import crossneuron as cn
+from crossneuron import checkpoint
+from crossneuron.errors import CrossneuronError
+from crossneuron.train import TrainConfig, train
+
+CFG = dict(model="resnet18", dataset="synthetic", width=0.125, epochs=3, batch_size=64, lr=0.05, seed=1)
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ckpt"
+    metrics = train(TrainConfig(**CFG), out, quiet=True)
+    return out, metrics
+
+
+def test_training_writes_a_complete_checkpoint(trained):
+    out, metrics = trained
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("model", "width", "dataset", "input_shape", "num_classes", "mean", "std", "split_seed", "val_hash",
+                "val_accuracy", "test_accuracy", "command", "versions"):  # fmt: skip
+        assert key in meta
+    assert meta["test_accuracy"] == metrics["test_accuracy"] > 30  # learns far beyond 10% chance
+    assert json.loads((out / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
+    model, loaded_meta = checkpoint.load(out)
+    assert loaded_meta == meta and not model.training
+    assert all(
+        v.dtype == torch.float16 for k, v in weights(out).items() if "running" not in k and v.is_floating_point()
+    )
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(trained, tmp_path):
+    out, _ = trained
+    assert train(TrainConfig(**CFG), tmp_path / "a", quiet=True, stop_after=1) is None
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["epoch"] == 1
+    with pytest.raises(CrossneuronError, match="--resume"):
+        train(TrainConfig(**CFG), tmp_path / "a", quiet=True)
+    with pytest.raises(CrossneuronError, match="other options"):
+        train(TrainConfig(**{**CFG, "lr": 0.1}), tmp_path / "a", quiet=True, resume=True)
+    train(TrainConfig(**CFG), tmp_path / "a", quiet=True, resume=True)
+    a, b = weights(tmp_path / "a"), weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(trained, tmp_path):
+    out, _ = trained
+    target = tmp_path / "killed"
+    args = [sys.executable, "-c", "from crossneuron.cli import main; main()", "train", "--out", str(target),
+            "--quiet", "--model", CFG["model"], "--dataset", CFG["dataset"], "--width", str(CFG["width"]),
+            "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--seed", "1"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (target / "train_state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.2)  # somewhere inside the second epoch, or its checkpoint writes
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resume = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stderr
+    a, b = weights(target), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_or_mismatched_checkpoints_are_clear(trained, tmp_path):
+    out, _ = trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(CrossneuronError, match="no meta.json"):
+        checkpoint.load(bad)
+    (bad / "meta.json").write_text("{not json")
+    with pytest.raises(CrossneuronError, match="corrupt"):
+        checkpoint.load(bad)
+    meta = json.loads((out / "meta.json").read_text())
+    (bad / "meta.json").write_text(json.dumps({**meta, "width": 0.25}))
+    (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    with pytest.raises(CrossneuronError, match="does not match resnet18 width 0.25"):
+        checkpoint.load(bad)
+    (bad / "meta.json").write_text(json.dumps(meta))
+    (bad / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CrossneuronError, match="missing or corrupt"):
+        checkpoint.load(bad)
+
+
+def test_imagenet_layout_loads_a_torchvision_state_dict(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(num_classes=7)
+    ours = cn.build_model("resnet18", 7, (3, 224, 224))
+    ours.load_state_dict(reference.state_dict())  # same keys and shapes: pretrained weights load
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.allclose(ours.eval()(x), reference.eval()(x))
