@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from crossneuron.data import dataset_spec, load_arrays, read_idx
+from crossneuron.data import dataset_spec, load_arrays
 from crossneuron.errors import CrossneuronError
+from crossneuron.formats import read_idx
 from crossneuron.splits import augment, batches, indices_hash, make_split, normalise, split_arrays
 
 
@@ -127,3 +128,51 @@ def test_normalise_and_augment():
     xb = list(batches(x[:, :1, :28, :28], torch.arange(6), mnist, 4, shuffle=g, train_augment=True))
     assert [len(b[1]) for b in xb] == [4, 2]  # MNIST is never augmented: values are only normalised
     assert sorted(torch.cat([b[1] for b in xb]).tolist()) == list(range(6))
+
+
+def _png(path, color, size):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def test_stl10_tiny_imagenet_and_imagenet_layouts(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    x = np.arange(4 * 3 * 96 * 96, dtype=np.uint64).astype(np.uint8).reshape(4, 3, 96, 96)
+    x.transpose(0, 1, 3, 2).tofile(folder / "train_X.bin")  # stored column-major
+    np.array([1, 10, 3, 2], np.uint8).tofile(folder / "train_y.bin")
+    x[:2].transpose(0, 1, 3, 2).tofile(folder / "test_X.bin")
+    np.array([5, 6], np.uint8).tofile(folder / "test_y.bin")
+    got = load_arrays("stl10", tmp_path)
+    assert torch.equal(got.x_train, torch.from_numpy(x)) and got.y_train.tolist() == [0, 9, 2, 1]
+
+    tiny = tmp_path / "tiny-imagenet-200"
+    (tiny / "wnids.txt").parent.mkdir()
+    (tiny / "wnids.txt").write_text("n01\nn02\n")
+    _png(tiny / "train" / "n01" / "images" / "a.JPEG", (255, 0, 0), (64, 64))
+    _png(tiny / "train" / "n02" / "images" / "b.JPEG", (0, 255, 0), (64, 64))
+    _png(tiny / "val" / "images" / "v.JPEG", (0, 0, 255), (64, 64))
+    (tiny / "val" / "val_annotations.txt").write_text("v.JPEG\tn02\t0\t0\t63\t63\n")
+    got = load_arrays("tiny-imagenet", tmp_path)
+    assert got.y_train.tolist() == [0, 1] and got.y_test.tolist() == [1]
+    images = got.x_train.take([1]).load()
+    assert images.shape == (1, 3, 64, 64) and images[0, 1].float().mean() > 200 and images[0, 0].float().mean() < 50
+
+    net = tmp_path / "imagenet"
+    _png(net / "train" / "n9" / "x.png", (10, 20, 30), (300, 260))
+    _png(net / "train" / "n1" / "y.png", (0, 0, 0), (256, 256))
+    _png(net / "val" / "n9" / "z.png", (10, 20, 30), (260, 300))
+    got = load_arrays("imagenet", tmp_path)
+    assert got.y_train.tolist() == [0, 1] and got.y_test.tolist() == [1]  # classes sorted: n1, n9
+    batch = got.x_test.load()
+    assert batch.shape == (1, 3, 224, 224) and abs(batch[0, 2].float().mean() - 30) < 2
+
+
+def test_download_uses_torchvision_and_skips_present_files(tmp_path):
+    fake_mnist(tmp_path / "MNIST" / "raw", gz=False)  # torchvision finds these and downloads nothing
+    got = load_arrays("mnist", tmp_path, download=True)
+    assert got.x_train.shape == (50, 1, 28, 28)
+    with pytest.raises(CrossneuronError, match="pickle"):
+        load_arrays("cifar10", tmp_path, download=True)

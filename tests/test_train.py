@@ -105,3 +105,34 @@ def test_imagenet_layout_loads_a_torchvision_state_dict(tmp_path):
     ours.load_state_dict(reference.state_dict())  # same keys and shapes: pretrained weights load
     x = torch.randn(2, 3, 224, 224)
     assert torch.allclose(ours.eval()(x), reference.eval()(x))
+
+
+def test_pretrained_weights_path_with_a_state_dict_the_test_saves(tmp_path, monkeypatch):
+    from test_data import _png
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(3)
+    source = cn.build_model("resnet18", 1000, (3, 224, 224))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(source.state_dict(), cache / "resnet18-f37072fd.pth")  # torch hub's cached file: no download
+    model = cn.build_model("resnet18", 1000, (3, 224, 224))
+    cn.models.load_pretrained(model, "resnet18", "IMAGENET1K_V1")
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values(), strict=True)
+    )
+    with pytest.raises(CrossneuronError, match="unknown weights 'IMAGENET9'"):
+        cn.models.load_pretrained(model, "resnet18", "IMAGENET9")
+    with pytest.raises(CrossneuronError, match="fits only the ImageNet layout"):
+        cn.models.load_pretrained(cn.build_model("resnet18", 10, (3, 32, 32)), "resnet18", "IMAGENET1K_V1")
+    root = tmp_path / "data"
+    for k in range(3):  # a tiny ImageNet folder
+        _png(root / "imagenet" / "train" / f"n{k}" / "a.png", (40 * k, 0, 0), (256, 256))
+    _png(root / "imagenet" / "val" / "n1" / "b.png", (40, 0, 0), (256, 256))
+    cfg = TrainConfig(model="resnet18", dataset="imagenet", epochs=0, val_size=1, weights="IMAGENET1K_V1", half=False)
+    metrics = train(cfg, tmp_path / "ckpt", data_root=root, quiet=True)
+    stored, meta = checkpoint.load(tmp_path / "ckpt")
+    assert meta["weights"] == "IMAGENET1K_V1" and metrics["test_accuracy"] in (0.0, 100.0)
+    assert all(
+        torch.equal(a, b) for a, b in zip(stored.state_dict().values(), source.state_dict().values(), strict=True)
+    )

@@ -130,6 +130,8 @@ def train(
     data_root: DataRoot = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     fp32: Annotated[bool, typer.Option(help="store weights in fp32 (default fp16)")] = False,
+    weights: Annotated[str | None, typer.Option(help="start from torchvision weights, e.g. IMAGENET1K_V1")] = None,
+    download: Annotated[bool, typer.Option(help="download the dataset with torchvision (network)")] = False,
     stop_after: Annotated[int | None, typer.Option(help="pause after this many epochs (resume with --resume)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar; one line per epoch")] = False,
 ):
@@ -138,9 +140,9 @@ def train(
     from .train import train as run
 
     cfg = TrainConfig(model, dataset, width, epochs, batch_size, lr, seed=seed, val_size=val_size, device=device,
-                      half=not fp32)  # fmt: skip
+                      half=not fp32, weights=weights)  # fmt: skip
     log = (lambda line: typer.echo(line, err=True)) if quiet or not sys.stderr.isatty() else None
-    metrics = run(cfg, out, data_root, resume, quiet or not sys.stderr.isatty(), stop_after, log)
+    metrics = run(cfg, out, data_root, download, resume, quiet or not sys.stderr.isatty(), stop_after, log)
     if metrics is None:
         typer.echo(f"paused after {stop_after} epoch(s): continue with --resume --out {out}")
         return

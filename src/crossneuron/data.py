@@ -9,23 +9,23 @@ archive ``<name>.npz`` with keys ``x_train, y_train, x_test, y_test`` (loaded wi
 
 from __future__ import annotations
 
-import gzip
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import formats
 from .errors import CrossneuronError
+from .formats import LazyImages
 
 ENV_ROOT = "CROSSNEURON_DATA"
 
 
 @dataclass(frozen=True)
 class Arrays:
-    """A dataset in memory: uint8 images (N, C, H, W), int64 labels."""
+    """A dataset: uint8 images (N, C, H, W) in memory (or LazyImages decoded per batch), int64 labels."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -43,11 +43,13 @@ class DatasetSpec:
     std: tuple[float, ...]
     augment: bool  # random crop and flip while training
     system_paths: tuple[str, ...] = ()
-    folders: tuple[str, ...] = ()  # torchvision's folder names under a root
+    layouts: tuple[tuple[str, str], ...] = ()  # (reader in formats.py, folder under a place), tried in order
+    downloader: str | None = None  # torchvision.datasets class for --download
     how_to_get: str = ""
     val_size: int = 5000  # default images held out of the official training set
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in (
@@ -58,7 +60,8 @@ DATASETS: dict[str, DatasetSpec] = {
             (0.1307,),
             (0.3081,),
             False,
-            folders=("MNIST/raw", "mnist"),
+            layouts=(("idx_folder", "MNIST/raw"), ("idx_folder", "mnist"), ("idx_folder", ".")),
+            downloader="MNIST",
             how_to_get="put mnist.npz (or the IDX files) under the data root, or pass --download",
         ),
         DatasetSpec(
@@ -69,7 +72,8 @@ DATASETS: dict[str, DatasetSpec] = {
             (0.3530,),
             False,
             system_paths=("/usr/share/datasets/fashion-mnist",),
-            folders=("FashionMNIST/raw", "fashion-mnist"),
+            layouts=(("idx_folder", "FashionMNIST/raw"), ("idx_folder", "fashion-mnist"), ("idx_folder", ".")),
+            downloader="FashionMNIST",
             how_to_get="apt-get install dataset-fashion-mnist (Debian), or pass --download",
         ),
         DatasetSpec(
@@ -79,8 +83,43 @@ DATASETS: dict[str, DatasetSpec] = {
             (0.4914, 0.4822, 0.4465),
             (0.2470, 0.2435, 0.2616),
             True,
-            folders=("cifar-10-batches-bin",),
-            how_to_get="put cifar10.npz (or cifar-10-batches-bin/) under the data root, or pass --download",
+            layouts=(("cifar_binary", "cifar-10-batches-bin"),),
+            how_to_get="put cifar10.npz, or cifar-10-batches-bin/ from the CIFAR page's binary version, under the "
+            "data root (torchvision's download is a pickle archive, which crossneuron does not unpickle)",
+        ),
+        DatasetSpec(
+            "stl10",
+            (3, 96, 96),
+            10,
+            (0.4467, 0.4398, 0.4066),
+            (0.2603, 0.2566, 0.2713),
+            True,
+            layouts=(("stl10_binary", "stl10_binary"),),
+            downloader="STL10",
+            val_size=500,
+            how_to_get="put stl10_binary/ (the STL-10 binary files) under the data root, or pass --download",
+        ),
+        DatasetSpec(
+            "tiny-imagenet",
+            (3, 64, 64),
+            200,
+            (0.4802, 0.4481, 0.3975),
+            (0.2770, 0.2691, 0.2821),
+            False,
+            layouts=(("tiny_imagenet", "tiny-imagenet-200"), ("tiny_imagenet", ".")),
+            how_to_get="unpack tiny-imagenet-200.zip under the data root",
+        ),
+        DatasetSpec(
+            "imagenet",
+            (3, 224, 224),
+            1000,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            False,
+            layouts=(("imagenet_folders", "imagenet"), ("imagenet_folders", ".")),
+            val_size=10000,
+            how_to_get="put ImageNet in ImageFolder layout (imagenet/train/<wnid>/*.JPEG, imagenet/val/<wnid>/*.JPEG) "
+            "under the data root",
         ),
         DatasetSpec(
             "synthetic",
@@ -93,6 +132,13 @@ DATASETS: dict[str, DatasetSpec] = {
             val_size=300,
         ),
     )  # fmt: skip
+}
+READERS = {
+    "idx_folder": formats.idx_folder,
+    "cifar_binary": formats.cifar_binary,
+    "stl10_binary": formats.stl10_binary,
+    "tiny_imagenet": formats.tiny_imagenet,
+    "imagenet_folders": lambda root: formats.image_folders(root, 224, 256),
 }
 
 
@@ -107,67 +153,13 @@ def default_root() -> Path | None:
     return Path(value) if value else None
 
 
-# -- formats -------------------------------------------------------------------------------------
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a numpy array; malformed files raise CrossneuronError."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise CrossneuronError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise CrossneuronError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data")
-    return body.reshape(dims)
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for suffix in ("", ".gz"):
-        if (folder / (stem + suffix)).is_file():
-            return folder / (stem + suffix)
-    return None
-
-
-def _load_idx_folder(folder: Path) -> tuple[np.ndarray, ...] | None:
-    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    paths = [_find(folder, s) for s in stems]
-    if not all(paths):
-        return None
-    return tuple(read_idx(p) for p in paths)
-
-
-def _load_cifar_bin(folder: Path) -> tuple[np.ndarray, ...] | None:
-    train = [folder / f"data_batch_{i}.bin" for i in range(1, 6)]
-    test = folder / "test_batch.bin"
-    if not all(p.is_file() for p in [*train, test]):
-        return None
-
-    def read(paths):
-        rec = np.concatenate([np.fromfile(p, dtype=np.uint8) for p in paths])
-        if rec.size % 3073:
-            raise CrossneuronError(f"CIFAR-10 binary batches in {folder} are truncated")
-        rec = rec.reshape(-1, 3073)
-        return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
-
-    return (*read(train), *read([test]))
-
-
-def _load_npz(path: Path) -> tuple[np.ndarray, ...] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except KeyError as exc:
-        raise CrossneuronError(f"{path} lacks key {exc}: need x_train, y_train, x_test, y_test") from None
-    except (ValueError, OSError) as exc:
-        raise CrossneuronError(f"{path} is not a readable numpy archive: {exc}") from None
-
-
 def _to_tensors(spec: DatasetSpec, arrays: tuple[np.ndarray, ...], source: str) -> Arrays:
     c, h, w = spec.input_shape
     out = []
     for i, a in enumerate(arrays):
+        if isinstance(a, LazyImages):  # decoded per batch to the right shape
+            out.append(a)
+            continue
         a = np.asarray(a)
         if i % 2 == 0:  # images: NHW, NHWC or NCHW
             if a.ndim == 3:
@@ -181,7 +173,7 @@ def _to_tensors(spec: DatasetSpec, arrays: tuple[np.ndarray, ...], source: str) 
             out.append(torch.from_numpy(np.require(a, requirements=["C", "W"])))
         else:
             a = a.astype(np.int64).reshape(-1)
-            if a.size != out[-1].shape[0] or a.min(initial=0) < 0 or a.max(initial=0) >= spec.num_classes:
+            if a.size != len(out[-1]) or a.min(initial=0) < 0 or a.max(initial=0) >= spec.num_classes:
                 raise CrossneuronError(
                     f"{source}: labels must be {out[-1].shape[0]} integers in 0..{spec.num_classes - 1}"
                 )
@@ -225,6 +217,26 @@ def _download(spec: DatasetSpec, root: Path) -> None:
         cls(str(root), train=train, download=True)
 
 
+def _download(spec: DatasetSpec, root: Path) -> None:
+    """torchvision's downloader for users with a network (it skips files already present)."""
+    if spec.downloader is None:
+        raise CrossneuronError(f"dataset '{spec.name}' has no downloader here: {spec.how_to_get}")
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, spec.downloader)
+    try:
+        if spec.downloader == "STL10":
+            for part in ("train", "test"):
+                cls(str(root), split=part, download=True)
+        else:
+            for train in (True, False):
+                cls(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as exc:
+        raise CrossneuronError(
+            f"downloading {spec.name} into {root} failed: {' '.join(str(exc).split())[:200]}"
+        ) from None
+
+
 def load_arrays(name: str, root: str | Path | None = None, download: bool = False) -> Arrays:
     """Load a registered dataset, looking in the order described in the module docstring."""
     spec = dataset_spec(name)
@@ -237,19 +249,24 @@ def load_arrays(name: str, root: str | Path | None = None, download: bool = Fals
         _download(spec, root)
     places = ([root] if root is not None else []) + [Path(p) for p in spec.system_paths]
     looked: list[str] = []
-    loaders: list[tuple[Callable, Callable[[Path], Path]]] = [
-        *((_load_idx_folder, lambda p, f=f: p / f) for f in spec.folders),
-        (_load_idx_folder, lambda p: p),
-        *((_load_cifar_bin, lambda p, f=f: p / f) for f in spec.folders),
-        (_load_npz, lambda p: p / f"{spec.name.replace('-', '_')}.npz"),
-        (_load_npz, lambda p: p / f"{spec.name}.npz"),
-    ]
     for place in places:
-        for loader, where in loaders:
-            target = where(place)
+        candidates = [(READERS[reader], place / folder) for reader, folder in spec.layouts]
+        candidates += [
+            (formats.npz, place / f"{stem}.npz") for stem in dict.fromkeys((spec.name.replace("-", "_"), spec.name))
+        ]
+        for reader, target in candidates:
             looked.append(str(target))
-            arrays = loader(target)
-            if arrays is not None:
-                return _to_tensors(spec, arrays, str(target))
+            parts = reader(target)
+            if parts is not None:
+                return _to_tensors(spec, parts, str(target))
     tried = ", ".join(dict.fromkeys(looked)) or "nowhere (no --data-root given)"
     raise CrossneuronError(f"dataset '{name}' not found; looked in: {tried}; to get it: {spec.how_to_get}")
+
+
+def take(images, idx):
+    """Images at ``idx`` (a tensor stays a tensor, LazyImages stay lazy)."""
+    return images.take(idx) if isinstance(images, LazyImages) else images[idx]
+
+
+def materialise(images) -> torch.Tensor:
+    return images.load() if isinstance(images, LazyImages) else images

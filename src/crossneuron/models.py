@@ -175,3 +175,33 @@ def build_model(name: str, num_classes: int = 10, input_shape=(3, 32, 32), width
     c, h, w = input_shape
     small = max(h, w) <= SMALL_INPUT
     return spec.build(num_classes=num_classes, in_channels=c, width=width, small_input=small)
+
+
+TORCHVISION_NAMES = {"alexnet": "alexnet", "vgg16": "vgg16_bn", "resnet18": "resnet18", "resnet34": "resnet34",
+                     "resnet50": "resnet50"}  # fmt: skip
+
+
+def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
+    """Load torchvision's pretrained ``weights`` (e.g. IMAGENET1K_V1) into a registry model built for
+    ImageNet-size input, width 1, 3 channels, 1000 classes. Needs a network unless torch hub's
+    cache (``$TORCH_HOME/hub/checkpoints``) already holds the file; never unpickles (weights_only)."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(TORCHVISION_NAMES[ALIASES.get(name, name)])
+    try:
+        chosen = enum[weights]
+    except KeyError:
+        raise CrossneuronError(
+            f"unknown weights '{weights}' for {name}: choose {', '.join(enum.__members__)}"
+        ) from None
+    try:
+        state = chosen.get_state_dict(progress=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - network or file errors become one line
+        raise CrossneuronError(f"could not get {name} weights {weights}: {' '.join(str(exc).split())[:200]}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise CrossneuronError(
+            f"{name} {weights} fits only the ImageNet layout (input over {SMALL_INPUT} px, 3 channels, width 1, "
+            f"1000 classes)"
+        ) from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import Arrays, DatasetSpec
+from .data import Arrays, DatasetSpec, materialise, take
 from .errors import CrossneuronError
 
 DEFAULT_VAL_SIZE = 5000
@@ -50,7 +50,7 @@ def split_arrays(arrays: Arrays, split: Split, name: str) -> tuple[torch.Tensor,
     if name not in ("train", "val"):
         raise CrossneuronError(f"unknown split '{name}': choose train, val or test")
     idx = split.train if name == "train" else split.val
-    return arrays.x_train[idx], arrays.y_train[idx]
+    return take(arrays.x_train, idx), arrays.y_train[idx]
 
 
 def normalise(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
@@ -88,7 +88,7 @@ def batches(
     order = torch.randperm(len(x), generator=shuffle) if shuffle is not None else torch.arange(len(x))
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
-        xb = x[idx]
+        xb = materialise(take(x, idx))
         if train_augment and spec.augment and shuffle is not None:
             xb = augment(xb, shuffle)
         yield normalise(xb.to(device), spec), y[idx].to(device)

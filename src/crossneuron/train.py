@@ -20,7 +20,7 @@ from .data import dataset_spec, load_arrays
 from .errors import CrossneuronError
 from .evaluate import correct_count
 from .fsutil import atomic_write, write_json
-from .models import build_model
+from .models import build_model, load_pretrained
 from .splits import batches, make_split, split_arrays
 
 STATE = "train_state.pt"
@@ -40,11 +40,13 @@ class TrainConfig:
     val_size: int | None = None  # None: the dataset's default (5,000 for the real ones)
     device: str = "cpu"
     half: bool = True  # store weights in fp16 (loaded back as fp32)
+    weights: str | None = None  # torchvision pretrained weights to start from (ImageNet layout)
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise CrossneuronError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.epochs < (0 if self.weights else 1):
+            raise CrossneuronError(f"--epochs must be at least 1 (0 only with --weights), got {self.epochs}")
+        if self.batch_size < 1:
+            raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise CrossneuronError(f"--lr must be positive, got {self.lr}")
 
@@ -65,6 +67,7 @@ def train(
     cfg: TrainConfig,
     out: str | Path,
     data_root=None,
+    download: bool = False,
     resume: bool = False,
     quiet: bool = False,
     stop_after: int | None = None,
@@ -80,7 +83,7 @@ def train(
     spec = dataset_spec(cfg.dataset)
     if cfg.val_size is None:
         cfg.val_size = spec.val_size
-    arrays = load_arrays(cfg.dataset, data_root)
+    arrays = load_arrays(cfg.dataset, data_root, download)
     split = make_split(len(arrays.y_train), cfg.val_size, cfg.seed)
     x_train, y_train = split_arrays(arrays, split, "train")
     x_val, y_val = split_arrays(arrays, split, "val")
@@ -95,12 +98,15 @@ def train(
     write_json(config_path, asdict(cfg))
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, spec.num_classes, spec.input_shape, cfg.width).to(cfg.device)
+    model = build_model(cfg.model, spec.num_classes, spec.input_shape, cfg.width)
+    if cfg.weights:
+        load_pretrained(model, cfg.model, cfg.weights)
+    model = model.to(cfg.device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
     start, history = 0, []
     if resume and (out / STATE).exists():
@@ -123,6 +129,7 @@ def train(
         "val_size": cfg.val_size,
         "val_hash": split.val_hash,
         "data_source": arrays.source,
+        "weights": cfg.weights,
         "command": " ".join(sys.argv),
         "config": asdict(cfg),
         "versions": {
@@ -175,6 +182,8 @@ def train(
                 log(f"epoch {epoch + 1}/{cfg.epochs}: {info}  val {val_acc:.2f}%  {history[-1]['seconds']:.0f} s")
             if stop_after is not None and epoch + 1 - start >= stop_after and epoch + 1 < cfg.epochs:
                 return None
+    if cfg.epochs == 0:  # pretrained weights only: store them as they are
+        checkpoint.save(out, model, {**meta, "epoch": 0, "val_accuracy": None, "test_accuracy": None}, cfg.half)
     final, _ = checkpoint.load(out, cfg.device)  # measure exactly what is stored (fp16 weights, if asked)
     val_acc = 100.0 * correct_count(final, x_val, y_val, spec, 500, cfg.device) / len(y_val)
     test_acc = 100.0 * correct_count(final, arrays.x_test, arrays.y_test, spec, 500, cfg.device) / len(arrays.y_test)
