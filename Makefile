@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv data demo test lint bench clean
+FASHION := /usr/share/datasets/fashion-mnist
+DEMO_CKPT := checkpoints/resnet18-w0.25-fashion-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,13 +16,27 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
-	$(BIN)/crossneuron sites --model resnet18 --input-shape 3,32,32 --num-classes 10
+# Fashion-MNIST comes from Debian's package dataset-fashion-mnist (installed when missing, as root).
+data:
+	@if [ ! -f $(FASHION)/t10k-labels-idx1-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing dataset-fashion-mnist"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or set CROSSNEURON_DATA)"; \
+	  fi; \
+	fi
+
+demo: venv data
+	@test -f $(DEMO_CKPT)/meta.json || $(BIN)/crossneuron train --model resnet18 --width 0.25 \
+	  --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05 --out $(DEMO_CKPT)
+	$(BIN)/crossneuron sites --model resnet18 --width 0.25 --input-shape 1,28,28 --num-classes 10
+	$(BIN)/crossneuron baseline --checkpoint $(DEMO_CKPT) --patch-size 2
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
-test: lint
+test: lint data
 	$(BIN)/pytest
 
 bench: venv

@@ -136,3 +136,25 @@ def test_pretrained_weights_path_with_a_state_dict_the_test_saves(tmp_path, monk
     assert all(
         torch.equal(a, b) for a, b in zip(stored.state_dict().values(), source.state_dict().values(), strict=True)
     )
+
+
+def test_evaluate_and_baseline_cli_json(trained):
+    from typer.testing import CliRunner
+
+    from crossneuron.cli import app
+
+    out, metrics = trained
+    runner = CliRunner()
+    res = runner.invoke(app, ["baseline", "--checkpoint", str(out), "--patch-size", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    keys = ("accuracy", "base_accuracy", "drop", "macs_saved_pct_network", "macs_saved_pct_sites",
+            "oracle_pct_network", "mispredicted_rate")  # fmt: skip
+    assert all(k in data for k in keys)
+    assert data["base_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert data["drop"] == pytest.approx(data["base_accuracy"] - data["accuracy"])
+    assert 0 < data["macs_saved_pct_network"] < data["macs_saved_pct_sites"] and data["oracle_pct_network"] > 0
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--split", "val", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["base_accuracy"] == pytest.approx(metrics["val_accuracy"])
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--split", "train"])
+    assert res.exit_code != 0
