@@ -149,23 +149,20 @@ def train(
     typer.echo(f"val accuracy {metrics['val_accuracy']:.2f}%  test accuracy {metrics['test_accuracy']:.2f}%  -> {out}")
 
 
-def _pattern_run(checkpoint_dir, split, patch_size, data_root, device):
-    from .checkpoint import load
-    from .data import dataset_spec, load_arrays
-    from .evaluate import evaluate_pattern
-    from .splits import make_split, split_arrays
+def _pattern_run(checkpoint_dir, split, patch_size, data_root, device, masks_path=None):
+    from .context import open_checkpoint
+    from .evaluate import evaluate_pattern, measure
+    from .net import attach
 
-    model, meta = load(checkpoint_dir, device)
-    spec = dataset_spec(meta["dataset"])
-    arrays = load_arrays(meta["dataset"], data_root)
-    s = make_split(len(arrays.y_train), meta["val_size"], meta["split_seed"])
-    if s.val_hash != meta["val_hash"]:
-        raise CrossneuronError(
-            f"the val split of {meta['dataset']} found here differs from the checkpoint's ({meta['val_hash']}): "
-            "other data files?"
-        )
-    x, y = split_arrays(arrays, s, split)
-    return evaluate_pattern(model, spec, x, y, patch_size, device=device), meta
+    ctx = open_checkpoint(checkpoint_dir, data_root, device)
+    x, y = ctx.data(split)
+    if masks_path is None:
+        return evaluate_pattern(ctx.model, ctx.spec, x, y, patch_size, device=device), ctx.meta
+    from .search.results import full_masks, load_result
+
+    data = load_result(masks_path)
+    net = attach(ctx.model, ctx.spec.input_shape, data["patch_size"])
+    return measure(net, ctx.spec, x, y, full_masks(net, data), device=device), ctx.meta
 
 
 def _print_pattern(result, title: str, as_json: bool) -> None:
@@ -186,6 +183,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="val or test")] = "test",
     patch_size: int = 2,
     pattern: Annotated[str, typer.Option(help="pattern tiled at every site: diagonal")] = "diagonal",
+    masks: Annotated[
+        str | None, typer.Option(help="result.json of `crossneuron optimize` (overrides --pattern)")
+    ] = None,
     data_root: DataRoot = None,
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -195,9 +195,9 @@ def evaluate(
         raise CrossneuronError(f"unknown --pattern '{pattern}': only 'diagonal' is available here")
     if split not in ("val", "test"):
         raise CrossneuronError(f"--split must be val or test, got '{split}'")
-    result, meta = _pattern_run(checkpoint, split, patch_size, data_root, device)
-    _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {pattern} {patch_size}x{patch_size}",
-                   as_json)  # fmt: skip
+    result, meta = _pattern_run(checkpoint, split, patch_size, data_root, device, masks)
+    what = masks if masks else f"{pattern} {patch_size}x{patch_size}"
+    _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {what}", as_json)
 
 
 @app.command()
@@ -212,3 +212,90 @@ def baseline(
     result, meta = _pattern_run(checkpoint, "test", patch_size, data_root, device)
     _print_pattern(result, f"diagonal baseline {patch_size}x{patch_size}: {meta['model']} on {meta['dataset']} (test)",
                    as_json)  # fmt: skip
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CrossneuronError(f"{what} must be numbers separated by commas, got '{text}'") from None
+
+
+def _ones(text: str | None):
+    if text is None:
+        return None
+    parts = text.split("-")
+    try:
+        return (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise CrossneuronError(f"--ones must be A-B (e.g. 1-2), got '{text}'") from None
+
+
+@app.command()
+def optimize(
+    checkpoint: Annotated[str, typer.Option(help="checkpoint folder")],
+    out: Annotated[str, typer.Option(help="run folder (records.sqlite, results); re-run to resume")],
+    mode: Annotated[
+        str, typer.Option(help="uniform-layer, uniform-patch, uniform-filters, max-granularity, a comma list, or all")
+    ] = "uniform-layer",  # fmt: skip
+    patch_size: int = 2,
+    ones: Annotated[str | None, typer.Option(help="range of ones per pattern A-B (default 1 to p*p-1)")] = None,
+    gt: Annotated[float, typer.Option(help="granularity threshold (0: single patches)")] = 10.0,
+    eps: Annotated[str, typer.Option(help="accuracy budgets in points, comma separated")] = "0,0.5,1,3",
+    calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,
+    top_m: Annotated[int | None, typer.Option(help="keep at most M options per target")] = None,
+    couple: Annotated[str, typer.Option(help="none, residual, or groups of site names a+b,c+d")] = "none",
+    engine: Annotated[str, typer.Option(help="evaluation engine")] = "naive",
+    batch_size: int = 500,
+    seed: int = 0,
+    data_root: DataRoot = None,
+    device: str = "cpu",
+    dry_run: Annotated[bool, typer.Option(help="print evaluations per stage and an estimated time")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: bool = False,
+):
+    """Search prediction masks that save the most MACs within each epsilon."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from . import optimize as opt
+    from .context import open_checkpoint
+    from .search.run import MODES, SearchOptions
+
+    modes = list(MODES) if mode == "all" else [m.strip() for m in mode.split(",")]
+    options = SearchOptions(modes=modes, patch_size=patch_size, ones=_ones(ones), gt=gt, eps=_floats(eps, "--eps"),
+                            top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple)  # fmt: skip
+    ctx = open_checkpoint(checkpoint, data_root, device)
+    options.check(len(ctx.split.val))
+    if dry_run:
+        plan = opt.dry_run(ctx, options, engine)
+        if as_json:
+            typer.echo(json.dumps(plan, indent=2))
+            return
+        for m, info in plan.items():
+            stages = ", ".join(f"{k} {v:,}" for k, v in info["evaluations"].items())
+            typer.echo(f"{m}: {stages}; at most {info['total_at_most']:,} evaluations x "
+                       f"{info['seconds_per_evaluation']:.2f} s = {info['estimated_hours_at_most']:.2f} h")  # fmt: skip
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=quiet or as_json, transient=True, console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        summary = opt.optimize(ctx, options, out, engine, progress)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"MACs saved on the test split (calibration: {summary['calib_images']} val images)")
+    for col in ("mode", "eps", "calib drop", "test acc", "test drop", "% network", "% sites", "oracle % net"):
+        table.add_column(col, justify="right")
+    for m, info in summary["modes"].items():
+        for e, r in info["eps"].items():
+            table.add_row(m, e, f"{r['calib_drop']:.2f}", f"{r['test_accuracy']:.2f}", f"{r['test_drop']:.2f}",
+                          f"{r['macs_saved_pct_network']:.2f}", f"{r['macs_saved_pct_sites']:.2f}",
+                          f"{r['oracle_pct_network']:.2f}")  # fmt: skip
+    out_console().print(table)
+    typer.echo(f"{summary['evaluations']} evaluations in {summary['seconds']:.0f} s; results under {out}")

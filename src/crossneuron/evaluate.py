@@ -52,14 +52,19 @@ class PatternResult:
         }
 
 
-def evaluate_pattern(model, spec: DatasetSpec, x, y, patch_size: int, pattern=None, batch_size=500, device="cpu"):
-    """Accuracy without prediction and with ``pattern`` (default: the diagonal) tiled at every site."""
-    model = model.to(device).eval()
-    base = correct_count(model, x, y, spec, batch_size, device)
-    net = attach(model, spec.input_shape, patch_size)
-    mask = diagonal(patch_size) if pattern is None else pattern
+def measure(net, spec: DatasetSpec, x, y, masks: dict, batch_size: int = 500, device="cpu") -> PatternResult:
+    """Accuracy and MACs of ``net`` with ``masks`` (site -> mask, pattern or None) against no
+    prediction, on (x, y). The oracle is that of the network without prediction."""
+    net = net.to(device).eval()
     for site in net.sites:
-        net.set_mask(site, mask)
+        net.set_mask(site, masks.get(site.index, masks.get(site.name)))
+    for site in net.sites:
+        net.enable(site, False)
+    net.reset_stats()
+    base = correct_count(net, x, y, spec, batch_size, device)
+    plain = net.stats()
+    for site in net.sites:
+        net.enable(site, True)
     net.reset_stats()
     hits = correct_count(net, x, y, spec, batch_size, device)
     s = net.stats()
@@ -69,8 +74,15 @@ def evaluate_pattern(model, spec: DatasetSpec, x, y, patch_size: int, pattern=No
         base_accuracy=100.0 * base / n,
         macs_saved_pct_network=s.macs_saved_pct_network,
         macs_saved_pct_sites=s.macs_saved_pct_sites,
-        oracle_pct_network=s.oracle_pct_network,
-        oracle_pct_sites=s.oracle_pct_sites,
+        oracle_pct_network=plain.oracle_pct_network,
+        oracle_pct_sites=plain.oracle_pct_sites,
         mispredicted_rate=s.mispredicted_rate,
         images=n,
     )
+
+
+def evaluate_pattern(model, spec: DatasetSpec, x, y, patch_size: int, pattern=None, batch_size=500, device="cpu"):
+    """The same ``pattern`` (default: the diagonal) tiled at every site, against no prediction."""
+    net = attach(model.to(device), spec.input_shape, patch_size)
+    mask = diagonal(patch_size) if pattern is None else pattern
+    return measure(net, spec, x, y, {s.index: mask for s in net.sites}, batch_size, device)

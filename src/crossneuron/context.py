@@ -1,0 +1,48 @@
+"""A checkpoint together with its dataset and the exact split it was trained with (verified)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .data import Arrays, DatasetSpec, dataset_spec, load_arrays
+from .errors import CrossneuronError
+from .splits import Split, make_split, split_arrays
+
+
+@dataclass
+class Context:
+    path: Path
+    model: torch.nn.Module
+    meta: dict
+    spec: DatasetSpec
+    arrays: Arrays
+    split: Split
+    device: str
+
+    def data(self, name: str):
+        """(uint8 images, labels) of split ``name``: train, val or test."""
+        return split_arrays(self.arrays, self.split, name)
+
+    @property
+    def weights_hash(self) -> str:
+        h = hashlib.sha256((self.path / checkpoint.WEIGHTS).read_bytes())
+        return h.hexdigest()[:16]
+
+
+def open_checkpoint(path: str | Path, data_root=None, device: str = "cpu", download: bool = False) -> Context:
+    path = Path(path)
+    model, meta = checkpoint.load(path, device)
+    spec = dataset_spec(meta["dataset"])
+    arrays = load_arrays(meta["dataset"], data_root, download)
+    split = make_split(len(arrays.y_train), meta["val_size"], meta["split_seed"])
+    if split.val_hash != meta["val_hash"]:
+        raise CrossneuronError(
+            f"the val split of {meta['dataset']} found here ({arrays.source}) differs from the one {path} was trained "
+            f"with ({meta['val_hash']}): other data files?"
+        )
+    return Context(path, model, meta, spec, arrays, split, device)

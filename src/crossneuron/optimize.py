@@ -1,0 +1,158 @@
+"""``optimize``: a search on a checkpoint's calibration images, written to a run folder.
+
+Run folder: ``records.sqlite`` (every evaluation; resumable), ``<mode>/eps-<e>/result.json`` and
+``masks.safetensors`` per mode and epsilon, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .context import Context
+from .errors import CrossneuronError
+from .evaluate import measure
+from .fsutil import write_json
+from .net import attach
+from .patterns import pattern_codes
+from .search.engine import NaiveEngine
+from .search.plan import block_grid, block_side
+from .search.results import export_masks, full_masks, masks_json, trajectory_json, write_result
+from .search.run import MODES, Search, SearchOptions
+from .search.store import Store
+from .splits import indices_hash, normalise
+
+ENGINES = {"naive": NaiveEngine}
+
+
+def calibration(ctx: Context, size: int, seed: int):
+    """``size`` val images chosen with ``seed`` (sorted positions within the val split)."""
+    x, y = ctx.data("val")
+    if size > len(y):
+        raise CrossneuronError(f"calibration size {size} is larger than the val split ({len(y)} images)")
+    pick = np.sort(np.random.default_rng(seed).permutation(len(y))[:size])
+    idx = torch.from_numpy(pick)
+    return x[idx], y[idx], indices_hash(ctx.split.val[idx])
+
+
+def make_engine(name: str, ctx: Context, options: SearchOptions):
+    if name not in ENGINES:
+        raise CrossneuronError(f"unknown engine '{name}': choose {', '.join(ENGINES)}")
+    x, y, calib_hash = calibration(ctx, options.calib, options.seed)
+    net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+    engine = ENGINES[name](net, normalise(x, ctx.spec).to(ctx.device), y.to(ctx.device), options.batch_size)
+    return net, engine, calib_hash
+
+
+def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", timed: int = 3) -> dict:
+    """Per mode, evaluations per stage (quantizer stages: at most) and an estimated time."""
+    options.check(len(ctx.split.val))
+    net, engine, _ = make_engine(engine_name, ctx, options)
+    p, codes = options.patch_size, len(pattern_codes(options.patch_size, options.ones))
+    t0 = time.perf_counter()
+    for site in net.sites[:timed]:
+        engine.evaluate({site.index: net.full_mask(site, torch.eye(p, dtype=torch.bool))})
+    per_eval = (time.perf_counter() - t0) / max(1, min(timed, len(net.sites)))
+    out = {}
+    for mode in options.modes:
+        stages = {}
+        chans = sum(s.shape[0] for s in net.sites)
+        blocks = {
+            s.index: len(
+                block_grid(tuple(net.spatial(s).mask.shape), block_side(s.shape[1], s.shape[2], p, options.gt))
+            )
+            for s in net.sites
+        }
+        if mode == "uniform-layer":
+            stages["first"] = len(net.sites) * codes
+        elif mode == "uniform-patch":
+            stages["first"] = chans * codes
+            stages["channel (at most)"] = len(net.sites) * codes
+        elif mode == "uniform-filters":
+            stages["first"] = sum(blocks.values()) * codes
+            stages["patch (at most)"] = len(net.sites) * codes
+        else:
+            stages["first"] = sum(s.shape[0] * blocks[s.index] for s in net.sites) * codes
+            stages["patch (at most)"] = chans * codes
+            stages["channel (at most)"] = len(net.sites) * codes
+        stages["layer (at most)"] = len(net.sites) * codes + 1
+        total = sum(stages.values())
+        out[mode] = {"evaluations": stages, "total_at_most": total, "seconds_per_evaluation": per_eval,
+                     "estimated_hours_at_most": total * per_eval / 3600}  # fmt: skip
+    return out
+
+
+def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None) -> dict:
+    """Run the search and write its results; returns the summary (also in summary.json)."""
+    options.check(len(ctx.split.val))
+    out = Path(out)
+    net, engine, calib_hash = make_engine(engine_name, ctx, options)
+    identity = {
+        "checkpoint": str(ctx.path.resolve()),
+        "weights_hash": ctx.weights_hash,
+        "val_hash": ctx.meta["val_hash"],
+        "calib_hash": calib_hash,
+        "options": options.identity(),
+        "version": __version__,
+    }
+    store = Store(out / "records.sqlite", identity)
+    t0 = time.perf_counter()
+    search = Search(net, engine, store, options, progress)
+    base = search.base
+    x_test, y_test = ctx.data("test")
+    test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+    summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "modes": {}}
+    for mode in options.modes:
+        t_mode = time.perf_counter()
+        result = search.run_mode(mode)
+        summary["modes"][mode] = {"seconds": time.perf_counter() - t_mode, "eps": {}}
+        for eps in options.eps:
+            step, plans = result.best(base, eps)
+            data = {
+                "mode": mode,
+                "eps": eps,
+                "checkpoint": identity["checkpoint"],
+                "weights_hash": identity["weights_hash"],
+                "val_hash": identity["val_hash"],
+                "patch_size": options.patch_size,
+                "options": options.identity(),
+                "masks": masks_json(net, plans, search.sides),
+            }
+            masks = full_masks(test_net, data)
+            test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
+            data.update({
+                "calib_accuracy": step.result.accuracy,
+                "calib_base_accuracy": base.accuracy,
+                "calib_drop": base.accuracy - step.result.accuracy,
+                "calib_macs_saved_pct_network": 100.0 * step.result.macs_saved / (base.images * net.network_macs),
+                "test_accuracy": test.accuracy,
+                "test_base_accuracy": test.base_accuracy,
+                "test_drop": test.drop,
+                "macs_saved_pct_network": test.macs_saved_pct_network,
+                "macs_saved_pct_sites": test.macs_saved_pct_sites,
+                "oracle_pct_network": test.oracle_pct_network,
+                "oracle_pct_sites": test.oracle_pct_sites,
+                "mispredicted_rate": test.mispredicted_rate,
+                "test_images": test.images,
+                "chosen_step": step.step,
+                "trajectory": trajectory_json(net, result, base),
+            })  # fmt: skip
+            folder = out / mode / f"eps-{eps:g}"
+            write_result(folder / "result.json", data)
+            export_masks(folder / "masks.safetensors", net, masks)
+            summary["modes"][mode]["eps"][f"{eps:g}"] = {
+                k: data[k] for k in ("calib_accuracy", "calib_drop", "test_accuracy", "test_drop",
+                                     "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")
+            }  # fmt: skip
+    summary["seconds"] = time.perf_counter() - t0
+    summary["evaluations"] = store.count()
+    write_json(out / "summary.json", summary)
+    store.close()
+    return summary
+
+
+__all__ = ["MODES", "dry_run", "optimize"]

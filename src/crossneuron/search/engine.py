@@ -1,0 +1,56 @@
+"""Evaluation engines: evaluate a set of per-site masks on the calibration images.
+
+An engine is any object with ``base`` (the EvalResult of no prediction), ``images`` and
+``evaluate(masks) -> EvalResult`` where ``masks`` maps site index -> (C, Hp, Wp) bool mask (sites
+absent predict nothing). ``NaiveEngine`` is the reference: one full forward pass per evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..net import PredictiveNet
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    correct: int
+    images: int
+    macs_saved: int  # total over the images
+    mispredicted: int
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / self.images
+
+
+class NaiveEngine:
+    """A full forward pass of the calibration images per evaluation."""
+
+    name = "naive"
+
+    def __init__(self, net: PredictiveNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):
+        """``images`` are normalised float (N, C, H, W) on the net's device; ``labels`` int64 (N,)."""
+        self.net = net.eval()
+        self.batches = [
+            (images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)
+        ]
+        self.images = len(labels)
+        self.base = self.evaluate({})
+
+    @torch.inference_mode()
+    def evaluate(self, masks: dict[int, torch.Tensor]) -> EvalResult:
+        t0 = time.perf_counter()
+        net = self.net
+        for site in net.sites:
+            net.set_mask(site.index, masks.get(site.index))
+        net.reset_stats()
+        correct = torch.zeros((), dtype=torch.int64)
+        for x, y in self.batches:
+            correct += (net(x).argmax(1) == y).sum().cpu()
+        stats = net.stats()
+        return EvalResult(int(correct), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0)

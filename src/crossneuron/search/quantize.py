@@ -1,0 +1,102 @@
+"""The quantizers of SPEC 6 as pure functions over evaluation records.
+
+An *option* is a plan (tuple of pieces, at one site) with the record of its isolated evaluation.
+"none" (no prediction: macs 0, the base accuracy) is implicit at the end of every option list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .engine import EvalResult
+from .plan import SitePlan
+
+
+@dataclass(frozen=True)
+class Option:
+    plan: SitePlan
+    result: EvalResult
+
+
+def within(result: EvalResult, base: EvalResult, eps: float) -> bool:
+    """Accuracy >= base accuracy - eps (percentage points), exact up to float rounding of eps."""
+    return (
+        100.0 * (base.correct * result.images - result.correct * base.images)
+        <= eps * result.images * base.images + 1e-9
+    )
+
+
+def rank(options: Sequence[Option], base: EvalResult, eps: float, top_m: int | None = None) -> list[Option]:
+    """Options within ``eps``, sorted by MACs saved then accuracy (both descending), at most ``top_m``."""
+    kept = [o for o in options if within(o.result, base, eps)]
+    kept.sort(key=lambda o: (-o.result.macs_saved, -o.result.correct))  # stable: ties keep their order
+    return kept[:top_m] if top_m is not None else kept
+
+
+def combine(sub_options: Sequence[Sequence[Option]]) -> list[SitePlan]:
+    """Patch/channel quantizer candidates: candidate k gives every sub-target its k-th option, or
+    nothing where it has fewer than k + 1."""
+    count = max((len(o) for o in sub_options), default=0)
+    return [tuple(p for opts in sub_options if k < len(opts) for p in opts[k].plan) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One evaluated configuration of the layer quantizer."""
+
+    step: int
+    moved: int | None  # the unit (index into units) moved to reach it; None for the start
+    positions: tuple[int, ...]  # per site: index into its options (len(options) = none)
+    result: EvalResult
+
+
+def layer_quantize(
+    units: Sequence[Sequence[int]],
+    options: dict[int, Sequence[Option]],
+    base: EvalResult,
+    evaluate: Callable[[dict[int, SitePlan], int], EvalResult],
+) -> list[Step]:
+    """SPEC 6's layer quantizer. ``units`` are groups of sites that move together (a site alone is a
+    group of one); ``options`` are per site; ``evaluate(plans, step)`` runs the whole network.
+
+    Start with every site at its first option, then repeatedly move the unit with the largest ratio
+    of accuracy regained (isolated records) to MACs given up to its next option, evaluating after
+    each move, until every site is at none."""
+    sites = sorted({s for unit in units for s in unit})
+    pos = {s: 0 for s in sites}
+
+    def record(s: int, k: int) -> EvalResult:
+        return options[s][k].result if k < len(options[s]) else base
+
+    def plans() -> dict[int, SitePlan]:
+        return {s: options[s][pos[s]].plan for s in sites if pos[s] < len(options[s])}
+
+    def snapshot(step: int, moved: int | None) -> Step:
+        return Step(step, moved, tuple(pos[s] for s in sites), evaluate(plans(), step))
+
+    trajectory = [snapshot(0, None)]
+    while True:
+        best, best_ratio = None, None
+        for u, unit in enumerate(units):
+            movable = [s for s in unit if pos[s] < len(options[s])]
+            if not movable:
+                continue
+            regained = sum(record(s, pos[s] + 1).correct / record(s, pos[s] + 1).images
+                           - record(s, pos[s]).correct / record(s, pos[s]).images for s in movable)  # fmt: skip
+            given_up = sum(record(s, pos[s]).macs_saved - record(s, pos[s] + 1).macs_saved for s in movable)
+            ratio = regained / given_up if given_up > 0 else float("inf")
+            if best_ratio is None or ratio > best_ratio:
+                best, best_ratio = u, ratio
+        if best is None:
+            return trajectory
+        for s in units[best]:
+            pos[s] = min(pos[s] + 1, len(options[s]))
+        trajectory.append(snapshot(len(trajectory), best))
+
+
+def pick(trajectory: Sequence[Step], base: EvalResult, eps: float) -> Step:
+    """The evaluated configuration with the most MACs saved within ``eps`` (ties: higher accuracy,
+    then earlier). The final all-none step is always within any eps >= 0."""
+    ok = [t for t in trajectory if within(t.result, base, eps)]
+    return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))

@@ -1,0 +1,116 @@
+"""Records in SQLite: the run's identity and every evaluation, each committed on its own.
+
+A SIGKILL at any moment leaves the database as of the last committed evaluation (SQLite's
+journal); re-running the same search finds its evaluations here and resumes. A database made
+for another checkpoint or other options is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CrossneuronError
+from .engine import EvalResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evals (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE NOT NULL,          -- stage|mode|target|candidate: what was evaluated, in words
+    config TEXT NOT NULL,              -- sha1 of the canonical per-site plans
+    stage TEXT NOT NULL,               -- first, patch, channel, layer, base
+    mode TEXT NOT NULL,
+    site INTEGER, channel INTEGER, block INTEGER,
+    pattern INTEGER,                   -- pattern code (first level)
+    candidate INTEGER,                 -- candidate index (quantizers) or step (layer quantizer)
+    correct INTEGER NOT NULL, images INTEGER NOT NULL,
+    macs_saved INTEGER NOT NULL, mispredicted INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    engine TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evals_config ON evals(config);
+"""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Descriptive columns of one evaluation."""
+
+    stage: str
+    mode: str
+    site: int | None = None
+    channel: int | None = None
+    block: int | None = None
+    pattern: int | None = None
+    candidate: int | None = None
+
+    @property
+    def key(self) -> str:
+        return "|".join(str(v) for v in (self.stage, self.mode, self.site, self.channel, self.block, self.pattern,
+                                         self.candidate))  # fmt: skip
+
+
+class Store:
+    def __init__(self, path: str | Path, identity: dict):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+            rows = dict(self.db.execute("SELECT key, value FROM run").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise CrossneuronError(f"{path} is not a readable search database ({exc}): use another --out") from None
+        if not rows:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO run VALUES (?, ?)", [(k, json.dumps(v)) for k, v in identity.items()])
+        else:
+            stored = {k: json.loads(v) for k, v in rows.items()}
+            differ = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+            if differ:
+                raise CrossneuronError(
+                    f"{path} belongs to another search (differs in: {', '.join(differ)}): use another --out, "
+                    f"or the same checkpoint and options to resume"
+                )
+        self.path = path
+
+    def find(self, where: Where, config: str) -> EvalResult | None:
+        row = self.db.execute(
+            "SELECT correct, images, macs_saved, mispredicted, seconds, config FROM evals WHERE key = ?", (where.key,)
+        ).fetchone()
+        if row is not None:
+            if row[5] != config:
+                raise CrossneuronError(
+                    f"{self.path}: record '{where.key}' was made for other masks; the database does not belong "
+                    "to this search: use another --out"
+                )
+            row = row[:5]
+        else:
+            row = self.db.execute(
+                "SELECT correct, images, macs_saved, mispredicted, 0.0 FROM evals WHERE config = ? LIMIT 1", (config,)
+            ).fetchone()
+            if row is not None:  # the same masks evaluated in another context: same numbers
+                self.add(where, config, EvalResult(*row[:4], seconds=0.0), "reused")
+        return None if row is None else EvalResult(*row)
+
+    def add(self, where: Where, config: str, result: EvalResult, engine: str) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT OR REPLACE INTO evals (key, config, stage, mode, site, channel, block, pattern, candidate,"
+                " correct, images, macs_saved, mispredicted, seconds, engine) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (where.key, config, where.stage, where.mode, where.site, where.channel, where.block, where.pattern,
+                 where.candidate, result.correct, result.images, result.macs_saved, result.mispredicted,
+                 result.seconds, engine),
+            )  # fmt: skip
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
