@@ -24,7 +24,7 @@ def test_torchvision_site_counts(name, count):
 def test_registry_models_match_torchvision_counts():
     for name, spec in cn.MODELS.items():
         net = cn.attach(cn.build_model(name, 10, (3, 32, 32), width=0.25), (3, 32, 32))
-        assert len(net.sites) == spec.sites_imagenet, name
+        assert len(net.sites) == spec.sites, name
 
 
 def test_basic_block_relu_called_twice_gives_two_sites_with_residual_macs():

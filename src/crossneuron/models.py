@@ -70,6 +70,27 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
+class TinyResNet(nn.Module):
+    """A test-sized residual CNN from torchvision's BasicBlock: stem, one block at full resolution
+    (identity shortcut), one at half resolution (1x1 downsample shortcut). Five sites."""
+
+    def __init__(self, num_classes=10, in_channels=3, width=1.0, small_input=True):
+        super().__init__()
+        c1, c2 = _scaled(16, width), _scaled(32, width)
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(c1, c1))
+        down = nn.Sequential(nn.Conv2d(c1, c2, 1, 2, bias=False), nn.BatchNorm2d(c2))
+        self.layer2 = nn.Sequential(BasicBlock(c1, c2, 2, down))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(c2, num_classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
 class AlexNet(nn.Module):
     """torchvision's AlexNet layout; for small inputs a CIFAR variant (layer table in
     docs/models.md) whose first feature map keeps the input size (32x32 on CIFAR)."""
@@ -143,7 +164,7 @@ class ModelSpec:
     name: str
     build: Callable[..., nn.Module]
     summary: str
-    sites_imagenet: int  # site count of the torchvision model (parametrised tests use it)
+    sites: int  # site count (the torchvision model's, where there is one); parametrised tests use it
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -154,6 +175,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("resnet18", _resnet(BasicBlock, [2, 2, 2, 2]), "ResNet-18, torchvision blocks", 17),
         ModelSpec("resnet34", _resnet(BasicBlock, [3, 4, 6, 3]), "ResNet-34, torchvision blocks", 33),
         ModelSpec("resnet50", _resnet(Bottleneck, [3, 4, 6, 3]), "ResNet-50, bottleneck blocks", 49),
+        ModelSpec("resnet-tiny", TinyResNet, "two BasicBlocks (tests and quick trials)", 5),
     )
 }
 ALIASES = {"vgg16_bn": "vgg16"}
@@ -187,7 +209,10 @@ def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
     cache (``$TORCH_HOME/hub/checkpoints``) already holds the file; never unpickles (weights_only)."""
     import torchvision
 
-    enum = torchvision.models.get_model_weights(TORCHVISION_NAMES[ALIASES.get(name, name)])
+    tv_name = TORCHVISION_NAMES.get(ALIASES.get(name, name))
+    if tv_name is None:
+        raise CrossneuronError(f"{name} has no torchvision weights: choose one of {', '.join(TORCHVISION_NAMES)}")
+    enum = torchvision.models.get_model_weights(tv_name)
     try:
         chosen = enum[weights]
     except KeyError:

@@ -1,0 +1,103 @@
+"""The quantizers of SPEC 6 on hand-made records with known answers."""
+
+import pytest
+
+from crossneuron.search.engine import EvalResult
+from crossneuron.search.plan import Piece, block_grid, block_side, full_mask
+from crossneuron.search.quantize import Option, combine, layer_quantize, pick, rank, within
+
+BASE = EvalResult(correct=900, images=1000, macs_saved=0, mispredicted=0)
+
+
+def opt(code, correct, macs, channel=None, block=None):
+    return Option((Piece(channel, block, code),), EvalResult(correct, 1000, macs, 0))
+
+
+def test_rank_filters_by_eps_and_sorts_by_macs_then_accuracy():
+    options = [opt(1, 900, 50), opt(2, 890, 80), opt(3, 896, 80), opt(4, 880, 500), opt(5, 895, 50)]
+    ranked = rank(options, BASE, eps=1.0)
+    assert [o.plan[0].code for o in ranked] == [3, 2, 1, 5]  # 4 loses 2 points: out
+    assert [o.plan[0].code for o in rank(options, BASE, eps=0.5)] == [3, 1, 5]
+    assert [o.plan[0].code for o in rank(options, BASE, eps=1.0, top_m=2)] == [3, 2]
+    assert within(EvalResult(895, 1000, 0, 0), BASE, 0.5) and not within(EvalResult(894, 1000, 0, 0), BASE, 0.5)
+
+
+def test_combine_gives_none_where_a_target_has_fewer_options():
+    a = [opt(1, 900, 9, block=0), opt(2, 900, 5, block=0), opt(3, 900, 1, block=0)]
+    b = [opt(4, 900, 7, block=1)]
+    c = []
+    cands = combine([a, b, c])
+    assert cands == [
+        (Piece(None, 0, 1), Piece(None, 1, 4)),
+        (Piece(None, 0, 2),),
+        (Piece(None, 0, 3),),
+    ]
+    assert combine([[], []]) == []
+
+
+def _evaluator(table):
+    """A whole-network 'evaluation' that adds isolated effects: accuracy loss and MACs sum."""
+    calls = []
+
+    def evaluate(plans, step):
+        calls.append(dict(plans))
+        lost = sum(table[(s, plan)][0] for s, plan in plans.items())
+        macs = sum(table[(s, plan)][1] for s, plan in plans.items())
+        return EvalResult(900 - lost, 1000, macs, 0)
+
+    return evaluate, calls
+
+
+def test_layer_quantizer_moves_the_best_ratio_first_and_answers_every_eps():
+    # site 0: options saving 100 (loses 6) then 60 (loses 1); site 1: saving 50 (loses 1)
+    s0 = [opt(1, 894, 100), opt(2, 899, 60)]
+    s1 = [opt(3, 899, 50)]
+    options = {0: s0, 1: s1}
+    table = {(0, o.plan): (900 - o.result.correct, o.result.macs_saved) for o in s0}
+    table.update({(1, o.plan): (900 - o.result.correct, o.result.macs_saved) for o in s1})
+    evaluate, calls = _evaluator(table)
+    trajectory = layer_quantize([[0], [1]], options, BASE, evaluate)
+    # start: both first (loses 7, saves 150). Ratios: site0 0->1 regains 5/1000 per 40 MACs = 1.25e-4;
+    # site1 0->none regains 1/1000 per 50 = 2e-5: site 0 moves first.
+    # then site 0 (1 -> none) regains 1/1000 per 60 MACs, site 1 still 1/1000 per 50: site 1 moves
+    assert [t.moved for t in trajectory] == [None, 0, 1, 0]
+    assert [t.positions for t in trajectory] == [(0, 0), (1, 0), (1, 1), (2, 1)]
+    assert [t.result.correct for t in trajectory] == [893, 898, 899, 900]
+    assert trajectory[-1].positions == (2, 1) and trajectory[-1].result.macs_saved == 0
+    assert [c for c in calls][0] == {0: s0[0].plan, 1: s1[0].plan}
+    assert pick(trajectory, BASE, 10).result.macs_saved == 150
+    best_02 = pick(trajectory, BASE, 0.2)  # at most 2 images lost
+    assert best_02.result.correct >= 898 and best_02.result.macs_saved == 110
+    assert pick(trajectory, BASE, 0.0).result.macs_saved == 0
+
+
+def test_coupled_sites_move_together():
+    options = {0: [opt(1, 899, 10), opt(2, 900, 5)], 1: [opt(3, 899, 10)], 2: [opt(4, 890, 100)]}
+    table = {(s, o.plan): (900 - o.result.correct, o.result.macs_saved) for s, opts in options.items() for o in opts}
+    evaluate, _ = _evaluator(table)
+    trajectory = layer_quantize([[0, 1], [2]], options, BASE, evaluate)
+    moves = [t.positions for t in trajectory]
+    assert moves[0] == (0, 0, 0)
+    # the group (0, 1) regains 2/1000 for 15 MACs (0 -> 1 and 1 -> none together); site 2 10/1000 per 100
+    assert moves[1] == (1, 1, 0)
+    assert moves[-1] == (2, 1, 1)
+
+
+def test_blocks_and_full_masks():
+    assert block_side(32, 32, 2, 10) == 12  # 1024/100 > 10, 1024/144 < 10
+    assert block_side(32, 32, 2, 0) == 2
+    assert block_side(4, 4, 2, 10) == 2
+    grid = block_grid((1, 32, 32), 12)
+    assert len(grid) == 9 and grid[-1] == (slice(24, 32), slice(24, 32))
+    mask = full_mask((Piece(1, 4, 9),), (2, 32, 32), 2, 12)
+    assert mask[0].all() and mask[1, :12].all() and not mask[1, 12:24, 12:24].all()
+    assert mask[1, 12, 12] and not mask[1, 12, 13] and mask[1, 13, 13]  # diagonal tiled in the block
+    assert full_mask((), (2, 4, 4), 2, 2) is None
+
+
+@pytest.mark.parametrize("p, h, w", [(3, 7, 7), (2, 5, 3)])
+def test_full_mask_tiles_align_with_patches(p, h, w):
+    hp, wp = -(-h // p) * p, -(-w // p) * p
+    side = block_side(h, w, p, 1)
+    mask = full_mask((Piece(None, None, 1),), (1, hp, wp), p, side)
+    assert mask.sum() == (hp // p) * (wp // p)  # one computed position (bit 0) per patch

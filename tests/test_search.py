@@ -1,0 +1,164 @@
+"""The search end to end on a tiny residual model and synthetic data (naive engine)."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import crossneuron as cn
+from crossneuron.context import open_checkpoint
+from crossneuron.errors import CrossneuronError
+from crossneuron.evaluate import measure
+from crossneuron.optimize import calibration, optimize
+from crossneuron.search.results import full_masks, load_result
+from crossneuron.search.run import MODES, SearchOptions
+from crossneuron.splits import normalise
+from crossneuron.train import TrainConfig, train
+
+OPTIONS = dict(patch_size=2, ones=(1, 1), gt=10, eps=[0.0, 1.0, 5.0], calib=100, batch_size=100)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "ckpt"
+    train(TrainConfig(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=4, batch_size=64, lr=0.05),
+          out, quiet=True)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    ctx = open_checkpoint(ckpt)
+    summary = optimize(ctx, SearchOptions(modes=list(MODES), **OPTIONS), out)
+    return ctx, out, summary
+
+
+def test_every_mode_writes_results_that_evaluate_reproduces(full_run):
+    ctx, out, summary = full_run
+    x_test, y_test = ctx.data("test")
+    for mode in MODES:
+        saved = []
+        for eps in OPTIONS["eps"]:
+            data = load_result(out / mode / f"eps-{eps:g}" / "result.json")
+            keys = ("mode", "eps", "calib_accuracy", "calib_drop", "test_accuracy", "test_drop", "trajectory",
+                    "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
+            assert all(key in data for key in keys)
+            assert data["calib_drop"] <= eps + 1e-9
+            net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
+            again = measure(net, ctx.spec, x_test, y_test, full_masks(net, data))
+            assert again.accuracy == data["test_accuracy"]
+            assert again.macs_saved_pct_network == data["macs_saved_pct_network"]
+            assert (out / mode / f"eps-{eps:g}" / "masks.safetensors").is_file()
+            saved.append(data["calib_macs_saved_pct_network"])
+        assert saved == sorted(saved)  # a larger budget never saves less
+        assert saved[-1] > 0, mode
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == summary["evaluations"]
+
+
+def test_records_hold_every_first_level_evaluation(full_run):
+    ctx, out, _ = full_run
+    db = sqlite3.connect(out / "records.sqlite")
+    count = dict(db.execute("SELECT mode, COUNT(*) FROM evals WHERE stage = 'first' GROUP BY mode").fetchall())
+    net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
+    sites, channels = len(net.sites), sum(s.shape[0] for s in net.sites)
+    assert count["uniform-layer"] == sites * 4 and count["uniform-patch"] == channels * 4
+    blocks = {16: 9, 8: 4}  # GT 10: side 6 on 16x16 (3x3 blocks), side 4 on 8x8 (2x2)
+    assert count["uniform-filters"] == sum(blocks[s.shape[1]] for s in net.sites) * 4
+    assert count["max-granularity"] == sum(s.shape[0] * blocks[s.shape[1]] for s in net.sites) * 4
+    rows = db.execute("SELECT stage, site, channel, block, pattern, correct, macs_saved FROM evals "
+                      "WHERE mode = 'max-granularity' AND stage = 'first' ORDER BY id LIMIT 3").fetchall()  # fmt: skip
+    x, y, _ = calibration(ctx, OPTIONS["calib"], 0)
+    for _, site, channel, block, code, correct, macs in rows:  # re-evaluate by hand: same numbers
+        mask = torch.ones_like(net.spatial(site).mask)
+        side = 6 if net.sites[site].shape[1] == 16 else 4
+        r, c = divmod(block, -(-mask.shape[2] // side))
+        rows_, cols_ = slice(r * side, r * side + side), slice(c * side, c * side + side)
+        tile = cn.code_to_pattern(code, 2).repeat(mask.shape[1] // 2, mask.shape[2] // 2)
+        mask[channel, rows_, cols_] = tile[rows_, cols_]
+        net.set_mask(site, mask)
+        net.reset_stats()
+        with torch.no_grad():
+            hits = int((net.eval()(normalise(x, ctx.spec)).argmax(1) == y).sum())
+        assert (hits, net.stats().macs_saved) == (correct, macs)
+        net.set_mask(site, None)
+
+
+def test_rerun_resumes_without_new_evaluations(full_run, ckpt):
+    ctx, out, summary = full_run
+    again = optimize(open_checkpoint(ckpt), SearchOptions(modes=list(MODES), **OPTIONS), out)
+    assert again["evaluations"] == summary["evaluations"] and again["modes"].keys() == summary["modes"].keys()
+    for mode in MODES:
+        assert again["modes"][mode]["eps"] == summary["modes"][mode]["eps"]
+
+
+def _cli(*args):
+    return [sys.executable, "-c", "from crossneuron.cli import main; main()", *args]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(full_run, ckpt, tmp_path):
+    _, reference, _ = full_run
+    out = tmp_path / "killed"
+    modes = "uniform-filters,max-granularity"
+    args = _cli("optimize", "--checkpoint", str(ckpt), "--out", str(out), "--mode", modes, "--ones", "1-1",
+                "--gt", "10", "--eps", "0,1,5", "--calib", "100", "--batch-size", "100", "--quiet")  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "records.sqlite"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if sqlite3.connect(db).execute("SELECT COUNT(*) FROM evals").fetchone()[0] > 150:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for mode in ("uniform-filters", "max-granularity"):
+        for eps in ("0", "1", "5"):
+            a = json.loads((out / mode / f"eps-{eps}" / "result.json").read_text())
+            b = json.loads((reference / mode / f"eps-{eps}" / "result.json").read_text())
+            for key in ("masks", "calib_accuracy", "test_accuracy", "macs_saved_pct_network", "trajectory"):
+                assert a[key] == b[key], (mode, eps, key)
+
+
+def test_coupled_residual_sites_move_together(ckpt, tmp_path):
+    ctx = open_checkpoint(ckpt)
+    optimize(ctx, SearchOptions(modes=["uniform-layer"], couple="residual", **OPTIONS), tmp_path / "c")
+    data = load_result(tmp_path / "c" / "uniform-layer" / "eps-5" / "result.json")
+    moved = [t["moved"] for t in data["trajectory"][1:]]
+    assert ["layer1.0.relu", "layer1.0.relu@1"] in moved or ["layer2.0.relu", "layer2.0.relu@1"] in moved
+    assert all(len(m) == 2 for m in moved if m[0].startswith("layer"))
+
+
+def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt, tmp_path):
+    ctx, out, _ = full_run
+    with pytest.raises(CrossneuronError, match="belongs to another search"):
+        optimize(ctx, SearchOptions(modes=list(MODES), **{**OPTIONS, "gt": 4}), out)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "records.sqlite").write_bytes(b"garbage" * 1000)
+    with pytest.raises(CrossneuronError, match="not a readable search database"):
+        optimize(ctx, SearchOptions(modes=["uniform-layer"], **OPTIONS), bad)
+    for extra, needle in [
+        (["--eps", "-1"], "epsilon must be >= 0"),
+        (["--ones", "0-2"], "outside 1-3"),
+        (["--gt", "-1"], "GT must be >= 0"),
+        (["--mode", "uniform-everything"], "unknown mode 'uniform-everything'"),
+        (["--calib", "5000"], "calibration size must be 1..300"),
+    ]:
+        target = tmp_path / "refused"
+        proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(target), *extra),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        assert not target.exists()  # refused before any work
