@@ -276,14 +276,15 @@ def optimize(
             typer.echo(f"{m}: {stages}; at most {info['total_at_most']:,} evaluations x "
                        f"{info['seconds_per_evaluation']:.2f} s = {info['estimated_hours_at_most']:.2f} h")  # fmt: skip
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=quiet or as_json, transient=True, console=err) as bar:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("best {task.fields[best]:.2f}% MACs within eps"), TimeRemainingColumn()]  # fmt: skip
+    with Progress(*columns, disable=quiet or as_json, transient=False, console=err) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(stage: str, done: int, total: int, best: float) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+                tasks[stage] = bar.add_task(stage, total=total, best=best)
+            bar.update(tasks[stage], completed=done, total=total, best=best)
 
         summary = opt.optimize(ctx, options, out, engine, progress)
     if as_json:

@@ -13,7 +13,7 @@ from ..net import PredictiveNet
 from ..patterns import check_ones, pattern_codes
 from .engine import EvalResult
 from .plan import Piece, SitePlan, block_grid, block_side, full_mask, plan_json
-from .quantize import Option, Step, combine, layer_quantize, pick, rank
+from .quantize import Option, Step, combine, layer_quantize, pick, rank, within
 from .store import Store, Where
 
 MODES = ("uniform-layer", "uniform-patch", "uniform-filters", "max-granularity")
@@ -98,12 +98,13 @@ class Search:
     """One search over a net with an engine and a store (evaluations are memoised in the store)."""
 
     def __init__(self, net: PredictiveNet, engine, store: Store, options: SearchOptions,
-                 progress: Callable[[str, int, int], None] | None = None):  # fmt: skip
+                 progress: Callable[[str, int, int, float], None] | None = None):  # fmt: skip
         self.net, self.engine, self.store, self.o = net, engine, store, options
         self.p = options.patch_size
         self.codes = pattern_codes(self.p, options.ones)
         self.eps = max(options.eps)
-        self.progress = progress or (lambda stage, done, total: None)
+        self._report = progress or (lambda stage, done, total, best: None)
+        self._stage, self._best = None, 0
         self.sides = {s.index: block_side(s.shape[1], s.shape[2], self.p, options.gt) for s in net.sites}
         self.shapes = {s.index: tuple(net.spatial(s).mask.shape) for s in net.sites}
         self.base = self.evaluate(Where("base", "-"), {})
@@ -119,6 +120,14 @@ class Search:
         result = self.engine.evaluate(masks)
         self.store.add(where, key, result, self.engine.name)
         return result
+
+    def progress(self, stage: str, done: int, total: int, result: EvalResult) -> None:
+        """Report progress with the most MACs saved (% of network) within the largest epsilon so far."""
+        if stage != self._stage:
+            self._stage, self._best = stage, 0
+        if within(result, self.base, self.eps):
+            self._best = max(self._best, result.macs_saved)
+        self._report(stage, done, total, 100.0 * self._best / (self.base.images * self.net.network_macs))
 
     def blocks(self, site: int) -> int:
         return len(block_grid(self.shapes[site], self.sides[site]))
@@ -139,7 +148,7 @@ class Search:
                 result = self.evaluate(Where("first", mode, site, channel, block, pattern=code), {site: plan})
                 opts.append(Option(plan, result))
                 done += 1
-                self.progress(f"{mode}: first level", done, total)
+                self.progress(f"{mode}: first level", done, total, result)
             ranked[(site, channel, block)] = rank(opts, self.base, self.eps, self.o.top_m)
         return ranked
 
@@ -155,7 +164,7 @@ class Search:
                 where = Where(stage, mode, site, channel, candidate=k)
                 opts.append(Option(plan, self.evaluate(where, {site: plan})))
                 done += 1
-                self.progress(f"{mode}: {stage} quantizer", done, total)
+                self.progress(f"{mode}: {stage} quantizer", done, total, opts[-1].result)
             out[(site, channel)] = rank(opts, self.base, self.eps, self.o.top_m)
         return out
 
@@ -185,8 +194,9 @@ class Search:
 
         def evaluate(plans: dict[int, SitePlan], step: int) -> EvalResult:
             plans_by_step.append(plans)
-            self.progress(f"{mode}: layer quantizer", step + 1, total)
-            return self.evaluate(Where("layer", mode, candidate=step), plans)
+            result = self.evaluate(Where("layer", mode, candidate=step), plans)
+            self.progress(f"{mode}: layer quantizer", step + 1, total, result)
+            return result
 
         trajectory = layer_quantize(units, options, self.base, evaluate)
         return ModeResult(mode, options, units, trajectory, plans_by_step)
