@@ -128,16 +128,34 @@ class Spatial(nn.Module):
             as_int = predict.view(torch.uint8)
             self.counts[0] += _count(as_int * weight)
             # in a predicted patch every computed position is zero: its non-zeros are all mispredicted
-            self.counts[1] += _count(as_int * nonzero)
+            wrong = as_int * nonzero
+            self.counts[1] += _count(wrong)
             self.counts[2] += x.numel() - _count(nonzero)
-        out = x if self.inplace and not (torch.is_grad_enabled() and x.requires_grad) else x.clone()
-        for off in offsets:
-            if off.predicted is not None:
-                fill = predict[:, :, : off.rows, : off.cols]
-                out[:, :, off.i :: p, off.j :: p].masked_fill_(
-                    fill if off.predicted is True else fill & off.predicted, 0
-                )
-        return out
+        if torch.is_grad_enabled() and x.requires_grad:  # training: predicted positions pass no gradient
+            h, w = self.shape[1:]
+            fill = expand_patches(predict, p, h, w) & ~self.mask[:, :h, :w]
+            return x.masked_fill(fill, 0)
+        # Zeroing a whole predicted patch is the prediction (its computed positions are zero
+        # already), and only patches holding a non-zero need a write: few, so write by index.
+        flat = self._patch_positions(wrong.nonzero())
+        if self.inplace and x.is_contiguous():
+            return x.view(-1).index_fill_(0, flat, 0).view_as(x)
+        return x.contiguous().view(-1).index_fill(0, flat, 0).view_as(x)
+
+    def _patch_positions(self, patches: torch.Tensor) -> torch.Tensor:
+        """Flat NCHW indices of the real positions of patches given as (K, 4) rows (n, c, hb, wb)."""
+        c, h, w = self.shape
+        p = self.patch_size
+        n_, c_, hb, wb = patches.unbind(1)
+        rows, cols = hb * p, wb * p
+        di = torch.arange(p, device=patches.device).repeat_interleave(p)
+        dj = torch.arange(p, device=patches.device).repeat(p)
+        r = rows[:, None] + di
+        q = cols[:, None] + dj
+        flat = ((n_ * c + c_)[:, None] * h + r) * w + q
+        if h % p or w % p:  # partial edge patches: keep the positions inside the real map
+            flat = flat[(r < h) & (q < w)]
+        return flat.reshape(-1)
 
     def _derived(self):
         """Per-offset masks and per-patch weights, recomputed only when the mask changes in place."""
@@ -150,15 +168,12 @@ class Spatial(nn.Module):
 
 @dataclass(frozen=True)
 class _Offset:
-    """Position (i, j) of every patch. ``computed``/``predicted``: (C, Hb, Wb) and (C, rows, cols)
-    bool, or True where the whole sub-grid is, or None where none of it is."""
+    """Position (i, j) of every patch. ``computed``: the mask there, (C, Hb, Wb) bool, or True where
+    the whole sub-grid is computed, or None where none of it is."""
 
     i: int
     j: int
-    rows: int
-    cols: int
     computed: torch.Tensor | bool | None
-    predicted: torch.Tensor | bool | None
 
 
 def _summarise(t: torch.Tensor) -> torch.Tensor | bool | None:
@@ -169,15 +184,7 @@ def _summarise(t: torch.Tensor) -> torch.Tensor | bool | None:
 
 def _offsets(mask: torch.Tensor, shape: tuple[int, int, int], p: int):
     c, h, w = shape
-    subgrids = []
-    for i in range(p):
-        for j in range(p):
-            m = mask[:, i::p, j::p]
-            rows, cols = len(range(i, h, p)), len(range(j, w, p))
-            real_not = ~m[:, :rows, :cols]
-            subgrids.append(
-                _Offset(i, j, rows, cols, _summarise(m), _summarise(real_not) if real_not.numel() else None)
-            )
+    subgrids = [_Offset(i, j, _summarise(mask[:, i::p, j::p])) for i in range(p) for j in range(p)]
     real = torch.zeros_like(mask)
     real[:, :h, :w] = True
     weight = (~mask & real).view(c, mask.shape[1] // p, p, -1, p).sum((2, 4)).to(torch.uint8)
