@@ -23,14 +23,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--checkpoint", help="use this checkpoint and its first test images instead of random ones")
+    ap.add_argument("--data-root")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = cn.build_model("resnet18", 10, (3, 32, 32), width=args.width).to(args.device).eval()
-    net = cn.attach(model, (3, 32, 32), patch_size=2).eval()
+    count = args.images // args.batch
+    if args.checkpoint:
+        from crossneuron.context import open_checkpoint
+        from crossneuron.splits import normalise
+
+        ctx = open_checkpoint(args.checkpoint, args.data_root, args.device)
+        model, shape = ctx.model, ctx.spec.input_shape
+        x, _ = ctx.data("test")
+        x = normalise(x[: count * args.batch], ctx.spec).to(args.device)
+        batches = list(x.split(args.batch))
+    else:
+        shape = (3, 32, 32)
+        model = cn.build_model("resnet18", 10, shape, width=args.width).to(args.device).eval()
+        batches = [torch.randn(args.batch, *shape, device=args.device) for _ in range(count)]
+    net = cn.attach(model, shape, patch_size=2).eval()
     for site in net.sites:
         net.set_mask(site, cn.diagonal(2))
-    batches = [torch.randn(args.batch, 3, 32, 32, device=args.device) for _ in range(args.images // args.batch)]
 
     def timed(fn, x):
         if args.device.startswith("cuda"):
@@ -59,10 +73,13 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, device {args.device}"
     )
-    print(f"images: {n}, batch {args.batch}, width {args.width}")
+    print(
+        f"images: {n}, batch {args.batch}, "
+        + (f"checkpoint {args.checkpoint}" if args.checkpoint else f"random, CIFAR ResNet-18 width {args.width}")
+    )
     print(f"plain forward:     {plain:8.2f} s  ({n / plain:7.1f} images/s)")
-    print(f"diagonal at all 17: {predicted:8.2f} s  ({n / predicted:7.1f} images/s)")
-    print(f"MACs saved: {stats.macs_saved_pct_network:.2f}% of network (random images)")
+    print(f"diagonal at all {len(net.sites)}: {predicted:8.2f} s  ({n / predicted:7.1f} images/s)")
+    print(f"MACs saved: {stats.macs_saved_pct_network:.2f}% of network")
     print(f"ratio (predicted / plain): {predicted / plain:.3f}   goal <= 1.10")
 
 
