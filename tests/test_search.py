@@ -162,3 +162,42 @@ def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt,
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
         assert not target.exists()  # refused before any work
+
+
+def _records(folder):
+    db = sqlite3.connect(folder / "records.sqlite")
+    return {row[0]: row[1:] for row in db.execute("SELECT key, correct, images, macs_saved, mispredicted FROM evals")}
+
+
+@pytest.mark.parametrize("couple", ["none", "residual"])
+def test_fast_engine_records_equal_naive(full_run, ckpt, tmp_path, couple):
+    ctx, reference, _ = full_run
+    modes = list(MODES) if couple == "none" else ["uniform-layer", "uniform-patch"]  # coupling acts on the layer step
+    options = SearchOptions(modes=modes, couple=couple, **OPTIONS)
+    if couple == "none":
+        naive = _records(reference)
+    else:
+        optimize(ctx, options, tmp_path / "naive")
+        naive = _records(tmp_path / "naive")
+    optimize(ctx, options, tmp_path / "fast", engine_name="fast")
+    fast = _records(tmp_path / "fast")
+    assert fast.keys() == naive.keys()
+    differ = [k for k in naive if naive[k] != fast[k]]
+    assert not differ, differ[:5]
+
+
+def test_fast_engine_falls_back_when_the_cache_is_too_small(ckpt):
+    from crossneuron.search.engine import NaiveEngine
+    from crossneuron.search.fast import FastEngine
+
+    ctx = open_checkpoint(ckpt)
+    x, y, _ = calibration(ctx, 100, 0)
+    x = normalise(x, ctx.spec)
+    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50)
+    small = FastEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50, max_cache_bytes=1_000_000)
+    assert 0 < len(small.tails) < len(small.net.sites)  # only the later cuts fit
+    g = torch.Generator().manual_seed(0)
+    for site in small.net.sites:
+        mask = torch.rand(small.net.spatial(site).mask.shape, generator=g) < 0.3
+        a, b = naive.evaluate({site.index: mask}), small.evaluate({site.index: mask})
+        assert (a.correct, a.macs_saved, a.mispredicted) == (b.correct, b.macs_saved, b.mispredicted)

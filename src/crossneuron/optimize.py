@@ -20,13 +20,14 @@ from .fsutil import write_json
 from .net import attach
 from .patterns import pattern_codes
 from .search.engine import NaiveEngine
+from .search.fast import FastEngine
 from .search.plan import block_grid, block_side
 from .search.results import export_masks, full_masks, masks_json, trajectory_json, write_result
 from .search.run import MODES, Search, SearchOptions
 from .search.store import Store
 from .splits import indices_hash, normalise
 
-ENGINES = {"naive": NaiveEngine}
+ENGINES = {"naive": NaiveEngine, "fast": FastEngine}
 
 
 def calibration(ctx: Context, size: int, seed: int):

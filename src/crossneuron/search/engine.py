@@ -40,7 +40,7 @@ class NaiveEngine:
             (images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)
         ]
         self.images = len(labels)
-        self.base = self.evaluate({})
+        self.base = NaiveEngine.evaluate(self, {})  # a full pass, whatever the subclass
 
     @torch.inference_mode()
     def evaluate(self, masks: dict[int, torch.Tensor]) -> EvalResult:
