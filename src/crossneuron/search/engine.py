@@ -1,7 +1,7 @@
 """Evaluation engines: evaluate a set of per-site masks on the calibration images.
 
 An engine is any object with ``base`` (the EvalResult of no prediction), ``images`` and
-``evaluate(masks) -> EvalResult`` where ``masks`` maps site index -> (C, Hp, Wp) bool mask (sites
+``evaluate(masks, min_correct=None) -> EvalResult`` where ``masks`` maps site index -> (C, Hp, Wp) bool mask (sites
 absent predict nothing). ``NaiveEngine`` is the reference: one full forward pass per evaluation.
 """
 
@@ -22,6 +22,8 @@ class EvalResult:
     macs_saved: int  # total over the images
     mispredicted: int
     seconds: float = 0.0
+    cut_short: bool = False  # stopped once it could not reach min_correct: correct is an upper bound,
+    # macs_saved and mispredicted cover only the images seen
 
     @property
     def accuracy(self) -> float:
@@ -43,7 +45,8 @@ class NaiveEngine:
         self.base = NaiveEngine.evaluate(self, {})  # a full pass, whatever the subclass
 
     @torch.inference_mode()
-    def evaluate(self, masks: dict[int, torch.Tensor]) -> EvalResult:
+    def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
+        """``min_correct``: an engine may stop early once fewer are certain (naive never does)."""
         t0 = time.perf_counter()
         net = self.net
         for site in net.sites:

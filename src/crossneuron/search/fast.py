@@ -101,11 +101,15 @@ class FastEngine(NaiveEngine):
         return {name: torch.cat(v) for name, v in parts.items()}
 
     def _base_hits(self) -> torch.Tensor:
-        labels = torch.cat([y for _, y in self.batches])
-        return torch.cat(self.logits).argmax(1) == labels
+        self.labels = torch.cat([y for _, y in self.batches])
+        hits = torch.cat(self.logits).argmax(1) == self.labels
+        wrong = (~hits).long()
+        # base_wrong_after[i]: base-wrong images at positions >= i
+        self.base_wrong_after = torch.cat([wrong.flip(0).cumsum(0).flip(0), wrong.new_zeros(1)]).cpu()
+        return hits
 
     @torch.inference_mode()
-    def evaluate(self, masks: dict[int, torch.Tensor]) -> EvalResult:
+    def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
         t0 = time.perf_counter()
         net = self.net
         for site in net.sites:
@@ -118,7 +122,7 @@ class FastEngine(NaiveEngine):
             return EvalResult(result.correct, result.images, result.macs_saved, result.mispredicted,
                               time.perf_counter() - t0)  # fmt: skip
         net.reset_stats()
-        labels = torch.cat([y for _, y in self.batches])
+        labels = self.labels
         hits = self.base_hits.clone()
         fresh = torch.ones(self.images, dtype=torch.bool, device=labels.device)  # still base activations
         for k in predicting:
@@ -138,5 +142,13 @@ class FastEngine(NaiveEngine):
                 fresh[rows] = False
                 inputs = [after[changed] if name == node else self.cache[name][rows] for name in live]
                 hits[rows] = tail(*inputs).argmax(1) == labels[rows]
+                if min_correct is not None and len(predicting) == 1:
+                    # unseen images keep their base result or may turn right: an upper bound
+                    seen = int(chunk[-1]) + 1
+                    bound = int(hits.sum()) + int(self.base_wrong_after[seen])
+                    if bound < min_correct:
+                        stats = net.stats()
+                        return EvalResult(bound, self.images, stats.macs_saved, stats.mispredicted,
+                                          time.perf_counter() - t0, cut_short=True)  # fmt: skip
         stats = net.stats()
         return EvalResult(int(hits.sum()), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -110,14 +111,20 @@ class Search:
         self.base = self.evaluate(Where("base", "-"), {})
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, where: Where, plans: dict[int, SitePlan]) -> EvalResult:
+    def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False) -> EvalResult:
+        """Memoised evaluation. ``may_cut``: the engine may stop once the candidate provably falls
+        outside the largest epsilon (its record says so); only options within it matter there."""
         plans = {k: v for k, v in plans.items() if v}
         key = config_hash(plans)
         found = self.store.find(where, key)
         if found is not None:
             return found
         masks = {s: full_mask(plan, self.shapes[s], self.p, self.sides[s]) for s, plan in plans.items()}
-        result = self.engine.evaluate(masks)
+        min_correct = None
+        if may_cut:
+            n = self.base.images
+            min_correct = math.ceil(self.base.correct - self.eps * n / 100 - 1e-9)
+        result = self.engine.evaluate(masks, min_correct)
         self.store.add(where, key, result, self.engine.name)
         return result
 
@@ -145,7 +152,8 @@ class Search:
             opts = []
             for code in self.codes:
                 plan = (Piece(channel, block, code),)
-                result = self.evaluate(Where("first", mode, site, channel, block, pattern=code), {site: plan})
+                where = Where("first", mode, site, channel, block, pattern=code)
+                result = self.evaluate(where, {site: plan}, may_cut=True)
                 opts.append(Option(plan, result))
                 done += 1
                 self.progress(f"{mode}: first level", done, total, result)
@@ -162,7 +170,7 @@ class Search:
             opts = []
             for k, plan in enumerate(combine(subs)):
                 where = Where(stage, mode, site, channel, candidate=k)
-                opts.append(Option(plan, self.evaluate(where, {site: plan})))
+                opts.append(Option(plan, self.evaluate(where, {site: plan}, may_cut=True)))
                 done += 1
                 self.progress(f"{mode}: {stage} quantizer", done, total, opts[-1].result)
             out[(site, channel)] = rank(opts, self.base, self.eps, self.o.top_m)

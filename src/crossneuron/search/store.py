@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS evals (
     correct INTEGER NOT NULL, images INTEGER NOT NULL,
     macs_saved INTEGER NOT NULL, mispredicted INTEGER NOT NULL,
     seconds REAL NOT NULL,
-    engine TEXT NOT NULL
+    engine TEXT NOT NULL,
+    cut_short INTEGER NOT NULL DEFAULT 0   -- 1: stopped early; correct is an upper bound
 );
 CREATE INDEX IF NOT EXISTS evals_config ON evals(config);
 """
@@ -81,32 +82,36 @@ class Store:
 
     def find(self, where: Where, config: str) -> EvalResult | None:
         row = self.db.execute(
-            "SELECT correct, images, macs_saved, mispredicted, seconds, config FROM evals WHERE key = ?", (where.key,)
+            "SELECT correct, images, macs_saved, mispredicted, seconds, cut_short, config FROM evals WHERE key = ?",
+            (where.key,),
         ).fetchone()
         if row is not None:
-            if row[5] != config:
+            if row[6] != config:
                 raise CrossneuronError(
                     f"{self.path}: record '{where.key}' was made for other masks; the database does not belong "
                     "to this search: use another --out"
                 )
-            row = row[:5]
+            row = row[:6]
         else:
             row = self.db.execute(
-                "SELECT correct, images, macs_saved, mispredicted, 0.0 FROM evals WHERE config = ? LIMIT 1", (config,)
+                "SELECT correct, images, macs_saved, mispredicted, 0.0, cut_short FROM evals WHERE config = ? "
+                "AND cut_short = 0 LIMIT 1",
+                (config,),
             ).fetchone()
             if row is not None:  # the same masks evaluated in another context: same numbers
                 self.add(where, config, EvalResult(*row[:4], seconds=0.0), "reused")
-        return None if row is None else EvalResult(*row)
+        return None if row is None else EvalResult(*row[:5], cut_short=bool(row[5]))
 
     def add(self, where: Where, config: str, result: EvalResult, engine: str) -> None:
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute(
                 "INSERT OR REPLACE INTO evals (key, config, stage, mode, site, channel, block, pattern, candidate,"
-                " correct, images, macs_saved, mispredicted, seconds, engine) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " correct, images, macs_saved, mispredicted, seconds, engine, cut_short)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (where.key, config, where.stage, where.mode, where.site, where.channel, where.block, where.pattern,
                  where.candidate, result.correct, result.images, result.macs_saved, result.mispredicted,
-                 result.seconds, engine),
+                 result.seconds, engine, int(result.cut_short)),
             )  # fmt: skip
 
     def count(self) -> int:

@@ -1,0 +1,72 @@
+"""Search speed: engines side by side on one checkpoint, in one process (issue 5, part a).
+
+    .venv/bin/python benchmarks/search_speed.py --checkpoint checkpoints/resnet18-w0.25-fashion-mnist \\
+        [--mode uniform-layer] [--calib 1000] [--ones 1-2] [--engines naive,fast]
+
+Runs the complete search (all stages of the mode, calibration images only: the test-split
+measurement afterwards is the same for every engine and is left out) with each engine into a
+temporary record database, then prints wall times, their ratio and the number of evaluation
+records that differ (must be 0). Engine set-up (the fast engine's cache pass) is included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from crossneuron.context import open_checkpoint
+from crossneuron.optimize import make_engine
+from crossneuron.search.run import Search, SearchOptions
+from crossneuron.search.store import Store
+
+
+def records(folder: Path) -> dict:
+    db = sqlite3.connect(folder / "records.sqlite")
+    rows = db.execute("SELECT key, correct, images, macs_saved, mispredicted FROM evals").fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data-root")
+    ap.add_argument("--mode", default="uniform-layer")
+    ap.add_argument("--calib", type=int, default=1000)
+    ap.add_argument("--ones", default="1-2")
+    ap.add_argument("--patch-size", type=int, default=2)
+    ap.add_argument("--engines", default="naive,fast")
+    args = ap.parse_args()
+    a, b = (int(v) for v in args.ones.split("-"))
+    ctx = open_checkpoint(args.checkpoint, args.data_root)
+    options = dict(modes=args.mode.split(","), patch_size=args.patch_size, ones=(a, b), calib=args.calib)
+    times, recs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in args.engines.split(","):
+            opts = SearchOptions(**options)
+            opts.check(len(ctx.split.val))
+            t0 = time.perf_counter()
+            net, eng, _ = make_engine(engine, ctx, opts)
+            store = Store(Path(tmp) / engine / "records.sqlite", {"engine": engine})
+            search = Search(net, eng, store, opts)
+            for mode in opts.modes:
+                search.run_mode(mode)
+            times[engine] = time.perf_counter() - t0
+            recs[engine] = records(Path(tmp) / engine)
+            print(f"{engine:6s} {times[engine]:8.1f} s  {store.count()} evaluations")
+    names = list(times)
+    ref = recs[names[0]]
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"checkpoint {args.checkpoint}, mode {args.mode}, calib {args.calib}, p {args.patch_size}, ones {args.ones}")
+    for name in names[1:]:
+        differ = sum(1 for k in ref if recs[name].get(k) != ref[k]) + len(set(recs[name]) ^ set(ref))
+        print(f"{names[0]} / {name} wall ratio: {times[names[0]] / times[name]:.2f}x   differing records: {differ}")
+
+
+if __name__ == "__main__":
+    main()
