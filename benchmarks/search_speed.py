@@ -28,8 +28,15 @@ from crossneuron.search.store import Store
 
 def records(folder: Path) -> dict:
     db = sqlite3.connect(folder / "records.sqlite")
-    rows = db.execute("SELECT key, correct, images, macs_saved, mispredicted FROM evals").fetchall()
+    rows = db.execute("SELECT key, correct, images, macs_saved, mispredicted, cut_short FROM evals").fetchall()
     return {r[0]: r[1:] for r in rows}
+
+
+def same(ref, other, min_correct) -> bool:
+    """Equal, or cut short where the reference's accuracy is also beyond the cut."""
+    if other[-1] and not ref[-1]:
+        return ref[0] <= other[0] and ref[0] < min_correct
+    return ref[:4] == other[:4]
 
 
 def main() -> None:
@@ -61,11 +68,21 @@ def main() -> None:
             print(f"{engine:6s} {times[engine]:8.1f} s  {store.count()} evaluations")
     names = list(times)
     ref = recs[names[0]]
+    base = ref["base|-|None|None|None|None|None"][0]
+    min_correct = base - max(SearchOptions().eps) * args.calib / 100
     print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"checkpoint {args.checkpoint}, mode {args.mode}, calib {args.calib}, p {args.patch_size}, ones {args.ones}")
     for name in names[1:]:
-        differ = sum(1 for k in ref if recs[name].get(k) != ref[k]) + len(set(recs[name]) ^ set(ref))
-        print(f"{names[0]} / {name} wall ratio: {times[names[0]] / times[name]:.2f}x   differing records: {differ}")
+        other = recs[name]
+        differ = [k for k in ref if k not in other or not same(ref[k], other[k], min_correct)]
+        differ += sorted(set(other) - set(ref))
+        cut = sum(r[-1] for r in other.values())
+        print(
+            f"{names[0]} / {name} wall ratio: {times[names[0]] / times[name]:.2f}x   differing records: "
+            f"{len(differ)}   cut short: {cut}"
+        )
+        for k in differ[:5]:
+            print(f"  differs: {k}: {ref.get(k)} vs {other.get(k)}")
 
 
 if __name__ == "__main__":
