@@ -44,13 +44,17 @@ class NaiveEngine:
         self.images = len(labels)
         self.base = NaiveEngine.evaluate(self, {})  # a full pass, whatever the subclass
 
+    def set_masks(self, masks: dict[int, torch.Tensor]) -> PredictiveNet:
+        """Every site's mask: the given ones, no prediction elsewhere."""
+        for site in self.net.sites:
+            self.net.set_mask(site.index, masks.get(site.index))
+        return self.net
+
     @torch.inference_mode()
     def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
         """``min_correct``: an engine may stop early once fewer are certain (naive never does)."""
         t0 = time.perf_counter()
-        net = self.net
-        for site in net.sites:
-            net.set_mask(site.index, masks.get(site.index))
+        net = self.set_masks(masks)
         net.reset_stats()
         correct = torch.zeros((), dtype=torch.int64)
         for x, y in self.batches:

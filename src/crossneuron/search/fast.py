@@ -111,9 +111,7 @@ class FastEngine(NaiveEngine):
     @torch.inference_mode()
     def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
         t0 = time.perf_counter()
-        net = self.net
-        for site in net.sites:
-            net.set_mask(site.index, masks.get(site.index))
+        net = self.set_masks(masks)
         predicting = [s.index for s in net.sites if net.spatial(s).predicting]
         if not predicting:
             return EvalResult(self.base.correct, self.images, 0, 0, time.perf_counter() - t0)
