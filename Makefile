@@ -32,6 +32,8 @@ demo: venv data
 	  --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05 --out $(DEMO_CKPT)
 	$(BIN)/crossneuron sites --model resnet18 --width 0.25 --input-shape 1,28,28 --num-classes 10
 	$(BIN)/crossneuron baseline --checkpoint $(DEMO_CKPT) --patch-size 2
+	$(BIN)/crossneuron optimize --checkpoint $(DEMO_CKPT) --out runs/demo --mode uniform-layer --engine fast \
+	  --patch-size 2 --ones 1-2 --eps 0,0.5,1,3 --calib 1000
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
