@@ -183,10 +183,6 @@ class PredictiveNet(nn.Module):
         """Every site's full mask by site name (views of the buffers)."""
         return {s.name: self.spatial(s).mask for s in self.sites}
 
-    def clear_masks(self) -> None:
-        for s in self.sites:
-            self.spatial(s).mask.fill_(True)
-
     def enable(self, key: int | str | Site, on: bool = True) -> None:
         """Turn a site's prediction on or off without changing its mask."""
         self.spatial(key).enabled = bool(on)

@@ -123,9 +123,7 @@ class FastEngine(NaiveEngine):
         labels = self.labels
         hits = self.base_hits.clone()
         fresh = torch.ones(self.images, dtype=torch.bool, device=labels.device)  # still base activations
-        for k in predicting:
-            if k not in self.tails:  # cannot happen: later cuts are cached first
-                raise RuntimeError(f"cut {k} not cached")
+        for k in predicting:  # all cached: later cuts are cached before earlier ones
             layer = net.spatial(k)
             idx = fresh.nonzero().flatten()
             tail, live = self.tails[k]
