@@ -17,5 +17,5 @@ ONLY="${*:-}"
 run resnet18-w0.25-fashion-mnist --model resnet18 --width 0.25 --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05
 run resnet18-mnist --model resnet18 --dataset mnist --epochs 1 --batch-size 128 --lr 0.05
 run resnet18-fashion-mnist --model resnet18 --dataset fashion-mnist --epochs 1 --batch-size 128 --lr 0.05
-run alexnet-cifar10 --model alexnet --dataset cifar10 --epochs 15 --batch-size 128 --lr 0.02
-run resnet18-w0.5-cifar10 --model resnet18 --width 0.5 --dataset cifar10 --epochs 15 --batch-size 128 --lr 0.05
+run alexnet-cifar10 --model alexnet --dataset cifar10 --epochs 10 --batch-size 128 --lr 0.02
+run resnet18-w0.5-cifar10 --model resnet18 --width 0.5 --dataset cifar10 --epochs 10 --batch-size 128 --lr 0.05

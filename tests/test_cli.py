@@ -38,3 +38,9 @@ def test_bad_input_is_one_line_and_nonzero_exit():
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback():
+    proc = _cli("sites", "--no-such-option", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert "No such option: --no-such-option" in proc.stderr and "Traceback" not in proc.stderr

@@ -230,3 +230,100 @@ def test_fast_engine_cuts_short_a_candidate_that_cannot_reach_the_bound(ckpt):
     assert cut.macs_saved < exact.macs_saved  # only the images seen before the cut
     full = fast.evaluate(everything, min_correct=0)  # a bound it can reach: no cut
     assert not full.cut_short and (full.correct, full.macs_saved) == (exact.correct, exact.macs_saved)
+
+
+def test_fast_engine_is_exact_and_cuts_short_with_every_site_predicting(ckpt):
+    from crossneuron.search.engine import NaiveEngine
+    from crossneuron.search.fast import FastEngine
+
+    ctx = open_checkpoint(ckpt)
+    x, y, _ = calibration(ctx, 200, 0)
+    x = normalise(x, ctx.spec)
+    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50)
+    fast = FastEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50, chunk=30)
+    g = torch.Generator().manual_seed(1)
+    for density in (0.9, 0.5, 0.1):  # mild to severe: the later ones change most images
+        masks = {s.index: torch.rand(fast.net.spatial(s).mask.shape, generator=g) < density for s in fast.net.sites}
+        a, b = naive.evaluate(masks), fast.evaluate(masks)
+        assert (a.correct, a.macs_saved, a.mispredicted) == (b.correct, b.macs_saved, b.mispredicted)
+        if a.correct < naive.base.correct - 30:
+            cut = fast.evaluate(masks, min_correct=naive.base.correct - 10)
+            assert cut.cut_short and a.correct <= cut.correct < naive.base.correct - 10
+            assert cut.macs_saved < a.macs_saved
+    assert a.correct < naive.base.correct - 30  # the last one was severe enough to test the cut
+
+
+def _config_rows(folder):
+    db = sqlite3.connect(folder / "records.sqlite")
+    query = "SELECT config, correct, images, macs_saved, mispredicted, cut_short, estimated, stage FROM evals"
+    return [(r[0], r[1:]) for r in db.execute(query).fetchall()]
+
+
+def test_screened_search_runs_every_mode_and_its_exact_records_equal_naive(full_run, tmp_path):
+    ctx, reference, _ = full_run
+    options = SearchOptions(modes=list(MODES), screen=True, screen_band=0.5, screen_check=10, **OPTIONS)
+    summary = optimize(ctx, options, tmp_path / "screen", engine_name="fast")
+    naive = dict(_config_rows(reference))
+    screened = _config_rows(tmp_path / "screen")
+    estimated = [r for _, r in screened if r[5]]
+    assert estimated and all(r[6] in ("first", "patch") for r in estimated)  # never at site level
+    min_correct = (summary["base_calib_accuracy"] - 5.0) * OPTIONS["calib"] / 100
+    compared = 0
+    for config, row in screened:
+        if row[5] or config not in naive:
+            continue
+        compared += 1
+        assert _same(naive[config][:5], row[:5], min_correct), (config, naive[config], row)
+    assert compared > 50
+    for mode in ("uniform-patch", "uniform-filters", "max-granularity"):
+        check = summary["modes"][mode]["screen"]
+        assert check["sample"] > 0 and check["estimated_records"] >= check["sample"]
+        assert -1 <= check["spearman"] <= 1 or check["spearman"] != check["spearman"]  # nan if constant
+    assert "screen" not in summary["modes"]["uniform-layer"]  # whole-site targets are always exact
+
+
+def test_screen_estimates_follow_their_definition(ckpt):
+    """Each target's MACs and mispredictions equal the Spatial layer's; its margin change equals
+    -sum(g * a) over the positions the mask predicts, g taken by autograd through an added zero."""
+    from crossneuron.search.engine import NaiveEngine
+    from crossneuron.search.plan import Piece, block_side, full_mask
+    from crossneuron.search.screen import Screen, _margins
+    from crossneuron.spatial import predicted_positions
+
+    ctx = open_checkpoint(ckpt)
+    x, y, _ = calibration(ctx, 60, 0)
+    x = normalise(x, ctx.spec)
+    net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
+    naive = NaiveEngine(net, x, y, 30)
+    sides = {s.index: block_side(s.shape[1], s.shape[2], 2, 4) for s in net.sites}
+    screen = Screen(net, naive.batches, [1, 6, 9], sides)
+    g = torch.Generator().manual_seed(0)
+    for site in net.sites:
+        shape = tuple(net.spatial(site).mask.shape)
+        naive.set_masks({})
+        acts = {}
+        bump = torch.zeros((len(y), *site.shape), requires_grad=True)
+        handle = net.spatial(site).register_forward_hook(lambda m, a, out: acts.setdefault("a", out.detach()) + bump)
+        margin = _margins(net(x), y)
+        handle.remove()
+        (grad,) = torch.autograd.grad(margin.sum(), [bump])
+        for code in (1, 6, 9):
+            channel = int(torch.randint(shape[0], (1,), generator=g))
+            for piece in (Piece(None, None, code), Piece(channel, None, code), Piece(channel, 0, code)):
+                mask = full_mask((piece,), shape, 2, sides[site.index])
+                exact = naive.evaluate({site.index: mask})
+                est = screen.estimate(site.index, (piece,))
+                assert (est.macs_saved, est.mispredicted) == (exact.macs_saved, exact.mispredicted)
+                zeroed = predicted_positions(acts["a"], mask, 2)
+                delta = -(grad * acts["a"] * zeroed).flatten(1).sum(1)
+                hit = torch.where(delta == 0, margin.detach() > 0, margin.detach() + delta > 0)
+                assert est.correct == int(hit.sum())
+
+
+def test_spearman_against_hand_values():
+    from crossneuron.search.screen import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)  # ties: average ranks
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # nan: constant side

@@ -101,12 +101,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # usage errors (click's, vendored by typer: matched by shape, not import)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            raise SystemExit(code) from None
         raise
 
 
@@ -246,6 +245,11 @@ def optimize(
     top_m: Annotated[int | None, typer.Option(help="keep at most M options per target")] = None,
     couple: Annotated[str, typer.Option(help="none, residual, or groups of site names a+b,c+d")] = "none",
     engine: Annotated[str, typer.Option(help="evaluation engine")] = "naive",
+    screen: Annotated[
+        bool, typer.Option(help="estimate targets below site level from one gradient pass; exact near epsilon")
+    ] = False,
+    screen_band: Annotated[float, typer.Option(help="points around the largest eps evaluated exactly")] = 1.0,
+    screen_check: Annotated[int, typer.Option(help="screened estimates also evaluated exactly (proxy check)")] = 30,
     batch_size: int = 500,
     seed: int = 0,
     data_root: DataRoot = None,
@@ -263,7 +267,8 @@ def optimize(
 
     modes = list(MODES) if mode == "all" else [m.strip() for m in mode.split(",")]
     options = SearchOptions(modes=modes, patch_size=patch_size, ones=_ones(ones), gt=gt, eps=_floats(eps, "--eps"),
-                            top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple)  # fmt: skip
+                            top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple,
+                            screen=screen, screen_band=screen_band, screen_check=screen_check)  # fmt: skip
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:

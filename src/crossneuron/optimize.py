@@ -111,6 +111,8 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
         t_mode = time.perf_counter()
         result = search.run_mode(mode)
         summary["modes"][mode] = {"seconds": time.perf_counter() - t_mode, "eps": {}}
+        if result.screen is not None:
+            summary["modes"][mode]["screen"] = result.screen
         for eps in options.eps:
             step, plans = result.best(base, eps)
             data = {

@@ -24,6 +24,7 @@ class EvalResult:
     seconds: float = 0.0
     cut_short: bool = False  # stopped once it could not reach min_correct: correct is an upper bound,
     # macs_saved and mispredicted cover only the images seen
+    estimated: bool = False  # screened: correct is a first-order estimate (macs_saved, mispredicted exact)
 
     @property
     def accuracy(self) -> float:

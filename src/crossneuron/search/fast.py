@@ -7,6 +7,9 @@ Two savings, both exact:
   the base ones get the prediction applied to their cached map; only those where it zeroed a
   non-zero value (a misprediction) change, and only those run the rest of the graph. An image that
   never changes keeps its base prediction. Statistics still count every image at every site.
+- *Cut short.* Images go in chunks, each through every predicting site; after each chunk, a
+  candidate whose correct count can no longer reach ``min_correct`` (unseen images counted as
+  right) stops and returns that bound with ``cut_short`` set.
 
 The cache is bounded by ``max_cache_bytes``: cuts whose values do not fit (the earliest first) fall
 back to a full forward pass, as ``naive`` does.
@@ -54,8 +57,10 @@ class _Capture(fx.Interpreter):
 class FastEngine(NaiveEngine):
     name = "fast"
 
-    def __init__(self, net: PredictiveNet, images, labels, batch_size: int = 500, max_cache_bytes: int = 4 << 30):
+    def __init__(self, net: PredictiveNet, images, labels, batch_size: int = 500, max_cache_bytes: int = 4 << 30,
+                 chunk: int = 100):  # fmt: skip
         super().__init__(net, images, labels, batch_size)  # naive base and fallback
+        self.chunk = chunk  # images per step; after each, a candidate that cannot reach min_correct stops
         gm = net.graph_module
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         spatial_nodes = {int(n.target[len(SPATIAL_PREFIX):]): n for n in gm.graph.nodes
@@ -120,31 +125,35 @@ class FastEngine(NaiveEngine):
             return EvalResult(result.correct, result.images, result.macs_saved, result.mispredicted,
                               time.perf_counter() - t0)  # fmt: skip
         net.reset_stats()
-        labels = self.labels
         hits = self.base_hits.clone()
-        fresh = torch.ones(self.images, dtype=torch.bool, device=labels.device)  # still base activations
-        for k in predicting:  # all cached: later cuts are cached before earlier ones
-            layer = net.spatial(k)
-            idx = fresh.nonzero().flatten()
-            tail, live = self.tails[k]
-            node = self.spatial_node[k]
-            for chunk in idx.split(len(self.batches[0][1])):
-                before = self.cache[node][chunk]
-                after = layer(before.clone())
-                changed = (after != before).flatten(1).any(1)
-                if not changed.any():
-                    continue
-                rows = chunk[changed]
-                fresh[rows] = False
-                inputs = [after[changed] if name == node else self.cache[name][rows] for name in live]
-                hits[rows] = tail(*inputs).argmax(1) == labels[rows]
-                if min_correct is not None and len(predicting) == 1:
-                    # unseen images keep their base result or may turn right: an upper bound
-                    seen = int(chunk[-1]) + 1
-                    bound = int(hits.sum()) + int(self.base_wrong_after[seen])
-                    if bound < min_correct:
-                        stats = net.stats()
-                        return EvalResult(bound, self.images, stats.macs_saved, stats.mispredicted,
-                                          time.perf_counter() - t0, cut_short=True)  # fmt: skip
+        for start in range(0, self.images, self.chunk):  # all cached: later cuts are cached before earlier ones
+            end = min(start + self.chunk, self.images)
+            fresh = torch.arange(start, end, device=hits.device)  # images still holding base activations
+            for k in predicting:
+                if not len(fresh):
+                    break  # every image of the chunk ran its tail through the remaining sites
+                fresh = self._predict_at(k, fresh, hits)
+            if min_correct is not None:
+                # unseen images keep their base result or may turn right: an upper bound
+                bound = int(hits.sum()) + int(self.base_wrong_after[end])
+                if bound < min_correct and end < self.images:
+                    stats = net.stats()
+                    return EvalResult(bound, self.images, stats.macs_saved, stats.mispredicted,
+                                      time.perf_counter() - t0, cut_short=True)  # fmt: skip
         stats = net.stats()
         return EvalResult(int(hits.sum()), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0)
+
+    def _predict_at(self, k: int, rows: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        """Apply site ``k``'s prediction to the cached maps of ``rows`` (base activations so far);
+        the images it changes run the rest of the graph (later sites predicting) and get their final
+        hit. Returns the rows it left unchanged."""
+        tail, live = self.tails[k]
+        node = self.spatial_node[k]
+        before = self.cache[node][rows]
+        after = self.net.spatial(k)(before.clone())
+        changed = (after != before).flatten(1).any(1)
+        if changed.any():
+            moved = rows[changed]
+            inputs = [after[changed] if name == node else self.cache[name][moved] for name in live]
+            hits[moved] = tail(*inputs).argmax(1) == self.labels[moved]
+        return rows[~changed]

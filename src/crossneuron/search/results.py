@@ -45,7 +45,8 @@ def trajectory_json(net, result, base: EvalResult) -> list[dict]:
         {
             "step": t.step,
             "moved": None if t.moved is None else [net.sites[s].name for s in units[t.moved]],
-            "calib_accuracy": t.result.accuracy,
+            "calib_accuracy": t.result.accuracy,  # an upper bound where cut_short
+            "cut_short": t.result.cut_short,
             "calib_drop": base.accuracy - t.result.accuracy,
             "macs_saved_pct_network": _pct(t.result.macs_saved, t.result.images, net.network_macs),
             "macs_saved_pct_sites": _pct(t.result.macs_saved, t.result.images, net.site_macs),

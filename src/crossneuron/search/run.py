@@ -32,6 +32,9 @@ class SearchOptions:
     batch_size: int = 500
     seed: int = 0
     couple: str = "none"  # none | residual | explicit groups "a+b,c+d" of site names
+    screen: bool = False  # estimate targets below site level; exact only near the epsilon boundary
+    screen_band: float = 1.0  # points around the largest epsilon where a screened estimate is re-evaluated
+    screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
 
     def check(self, val_size: int | None = None) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -46,6 +49,10 @@ class SearchOptions:
             raise CrossneuronError(f"top-M must be at least 1, got {self.top_m}")
         if self.calib < 1 or (val_size is not None and self.calib > val_size):
             raise CrossneuronError(f"calibration size must be 1..{val_size} (the val split's size), got {self.calib}")
+        if self.screen_band < 0 or self.screen_check < 0:
+            raise CrossneuronError(
+                f"--screen-band and --screen-check must be >= 0, got {self.screen_band} and {self.screen_check}"
+            )
         if self.batch_size < 1:
             raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
 
@@ -89,6 +96,7 @@ class ModeResult:
     units: list[list[int]]
     trajectory: list[Step]
     plans_by_step: list[dict[int, SitePlan]]
+    screen: dict | None = None  # the proxy's check against exact evaluations, when screened
 
     def best(self, base: EvalResult, eps: float) -> tuple[Step, dict[int, SitePlan]]:
         step = pick(self.trajectory, base, eps)
@@ -109,6 +117,13 @@ class Search:
         self.sides = {s.index: block_side(s.shape[1], s.shape[2], self.p, options.gt) for s in net.sites}
         self.shapes = {s.index: tuple(net.spatial(s).mask.shape) for s in net.sites}
         self.base = self.evaluate(Where("base", "-"), {})
+        self.screener = None
+        if options.screen and any(m != "uniform-layer" for m in options.modes):
+            from .screen import Screen
+
+            self.screener = Screen(net, engine.batches, self.codes, self.sides)
+        self.screen_checks: dict[str, dict] = {}
+        self._pending: list = []
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False) -> EvalResult:
@@ -127,6 +142,58 @@ class Search:
         result = self.engine.evaluate(masks, min_correct)
         self.store.add(where, key, result, self.engine.name)
         return result
+
+    def screened(self, where: Where, site: int, plan: SitePlan, estimate: EvalResult | None = None) -> EvalResult:
+        """A candidate below site level in a screened search: its estimate, unless it moves no image
+        (then exactly the base) or its estimated drop is within the band around the largest
+        epsilon (then evaluated exactly). Memoised like ``evaluate``."""
+        key = config_hash({site: plan})
+        found = self.store.find(where, key)
+        if found is not None:
+            return found
+        est = estimate or self.screener.estimate(site, plan)
+        if est.mispredicted == 0:  # nothing changes: exactly the base accuracy
+            result = EvalResult(self.base.correct, est.images, est.macs_saved, 0)
+        elif abs(100.0 * (self.base.correct - est.correct) / est.images - self.eps) <= self.o.screen_band:
+            return self.evaluate(where, {site: plan}, may_cut=True)
+        else:
+            result = est
+        self._pending.append((where, key, result))
+        if len(self._pending) >= 5000:
+            self.flush()
+        return result
+
+    def flush(self) -> None:
+        if self._pending:
+            self.store.add_many(self._pending, "screen")
+            self._pending = []
+
+    def check_screen(self, mode: str, first: dict[tuple, list[Option]], estimates: list[tuple]) -> None:
+        """Evaluate a fixed random sample of screened first-level estimates exactly; record the proxy's
+        rank correlation with exact accuracy and its error."""
+        import numpy as np
+
+        from .screen import spearman
+
+        pool = [(t, o) for t, o in estimates if o.result.estimated]
+        if not pool or not self.o.screen_check:
+            return
+        rng = np.random.default_rng(self.o.seed)
+        sample = [pool[i] for i in sorted(rng.permutation(len(pool))[: self.o.screen_check])]
+        est, exact = [], []
+        for (site, channel, block), option in sample:
+            code = option.plan[0].code
+            where = Where("check", mode, site, channel, block, pattern=code)
+            exact.append(self.evaluate(where, {site: option.plan}).correct)
+            est.append(option.result.correct)
+        n = self.base.images
+        self.screen_checks[mode] = {
+            "sample": len(sample),
+            "spearman": spearman(est, exact),
+            "mean_abs_error_points": float(np.mean(np.abs(np.array(est) - np.array(exact)))) * 100.0 / n,
+            "estimated_records": len(pool),
+            "band_points": self.o.screen_band,
+        }
 
     def progress(self, stage: str, done: int, total: int, result: EvalResult) -> None:
         """Report progress with the most MACs saved (% of network) within the largest epsilon so far."""
@@ -148,6 +215,8 @@ class Search:
             blocks = [None] if mode in ("uniform-layer", "uniform-patch") else range(self.blocks(s.index))
             targets += [(s.index, c, b) for c in chans for b in blocks]
         total, done, ranked = len(targets) * len(self.codes), 0, {}
+        if self.screener is not None and mode != "uniform-layer":  # uniform-layer's targets are whole sites
+            return self._first_level_screened(mode, total)
         for site, channel, block in targets:
             opts = []
             for code in self.codes:
@@ -160,6 +229,28 @@ class Search:
             ranked[(site, channel, block)] = rank(opts, self.base, self.eps, self.o.top_m)
         return ranked
 
+    def _first_level_screened(self, mode: str, total: int) -> dict[tuple, list[Option]]:
+        by_channel = mode in ("uniform-patch", "max-granularity")
+        by_block = mode in ("uniform-filters", "max-granularity")
+        done, ranked, options = 0, {}, []
+        self.progress(f"{mode}: first level (screened)", 0, total, self.base)
+        for s in self.net.sites:
+            per_target: dict[tuple, list[Option]] = {}
+            for (channel, block, code), est in self.screener.first_level(s.index, by_channel, by_block).items():
+                plan = (Piece(channel, block, code),)
+                where = Where("first", mode, s.index, channel, block, pattern=code)
+                option = Option(plan, self.screened(where, s.index, plan, est))
+                per_target.setdefault((s.index, channel, block), []).append(option)
+                options.append(((s.index, channel, block), option))
+                if within(option.result, self.base, self.eps):
+                    self._best = max(self._best, option.result.macs_saved)
+            done += len(per_target) * len(self.codes)
+            self.progress(f"{mode}: first level (screened)", done, total, self.base)
+            self.flush()
+            ranked.update({t: rank(o, self.base, self.eps, self.o.top_m) for t, o in per_target.items()})
+        self.check_screen(mode, ranked, options)
+        return ranked
+
     def quantize_units(
         self, mode: str, stage: str, units: dict[tuple, list[list[Option]]]
     ) -> dict[tuple, list[Option]]:
@@ -170,10 +261,14 @@ class Search:
             opts = []
             for k, plan in enumerate(combine(subs)):
                 where = Where(stage, mode, site, channel, candidate=k)
-                opts.append(Option(plan, self.evaluate(where, {site: plan}, may_cut=True)))
+                if self.screener is not None and channel is not None:  # below site level: screened
+                    opts.append(Option(plan, self.screened(where, site, plan)))
+                else:
+                    opts.append(Option(plan, self.evaluate(where, {site: plan}, may_cut=True)))
                 done += 1
                 self.progress(f"{mode}: {stage} quantizer", done, total, opts[-1].result)
             out[(site, channel)] = rank(opts, self.base, self.eps, self.o.top_m)
+        self.flush()
         return out
 
     def site_options(self, mode: str) -> dict[int, list[Option]]:
@@ -202,12 +297,14 @@ class Search:
 
         def evaluate(plans: dict[int, SitePlan], step: int) -> EvalResult:
             plans_by_step.append(plans)
-            result = self.evaluate(Where("layer", mode, candidate=step), plans)
+            # moves follow isolated records, and picks only steps within epsilon: a step that provably
+            # falls outside the largest one may be cut short
+            result = self.evaluate(Where("layer", mode, candidate=step), plans, may_cut=True)
             self.progress(f"{mode}: layer quantizer", step + 1, total, result)
             return result
 
         trajectory = layer_quantize(units, options, self.base, evaluate)
-        return ModeResult(mode, options, units, trajectory, plans_by_step)
+        return ModeResult(mode, options, units, trajectory, plans_by_step, self.screen_checks.get(mode))
 
 
 def run_search(net, engine, store, options: SearchOptions, progress=None) -> tuple[EvalResult, dict[str, ModeResult]]:

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS evals (
     macs_saved INTEGER NOT NULL, mispredicted INTEGER NOT NULL,
     seconds REAL NOT NULL,
     engine TEXT NOT NULL,
-    cut_short INTEGER NOT NULL DEFAULT 0   -- 1: stopped early; correct is an upper bound
+    cut_short INTEGER NOT NULL DEFAULT 0,  -- 1: stopped early; correct is an upper bound
+    estimated INTEGER NOT NULL DEFAULT 0   -- 1: screened; correct is a first-order estimate
 );
 CREATE INDEX IF NOT EXISTS evals_config ON evals(config);
 """
@@ -63,6 +64,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(evals)")}
+            if "estimated" not in columns:  # a database from before screening: every record is exact
+                self.db.execute("ALTER TABLE evals ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0")
             rows = dict(self.db.execute("SELECT key, value FROM run").fetchall())
         except sqlite3.DatabaseError as exc:
             raise CrossneuronError(f"{path} is not a readable search database ({exc}): use another --out") from None
@@ -82,37 +86,48 @@ class Store:
 
     def find(self, where: Where, config: str) -> EvalResult | None:
         row = self.db.execute(
-            "SELECT correct, images, macs_saved, mispredicted, seconds, cut_short, config FROM evals WHERE key = ?",
+            "SELECT correct, images, macs_saved, mispredicted, seconds, cut_short, estimated, config FROM evals "
+            "WHERE key = ?",
             (where.key,),
         ).fetchone()
         if row is not None:
-            if row[6] != config:
+            if row[7] != config:
                 raise CrossneuronError(
                     f"{self.path}: record '{where.key}' was made for other masks; the database does not belong "
                     "to this search: use another --out"
                 )
-            row = row[:6]
+            row = row[:7]
         else:
             row = self.db.execute(
-                "SELECT correct, images, macs_saved, mispredicted, 0.0, cut_short FROM evals WHERE config = ? "
-                "AND cut_short = 0 LIMIT 1",
+                "SELECT correct, images, macs_saved, mispredicted, 0.0, cut_short, estimated FROM evals "
+                "WHERE config = ? AND cut_short = 0 AND estimated = 0 LIMIT 1",
                 (config,),
             ).fetchone()
             if row is not None:  # the same masks evaluated in another context: same numbers
                 self.add(where, config, EvalResult(*row[:4], seconds=0.0), "reused")
-        return None if row is None else EvalResult(*row[:5], cut_short=bool(row[5]))
+        return None if row is None else EvalResult(*row[:5], cut_short=bool(row[5]), estimated=bool(row[6]))
 
     def add(self, where: Where, config: str, result: EvalResult, engine: str) -> None:
+        self.add_many([(where, config, result)], engine)
+
+    def add_many(self, rows, engine: str) -> None:
+        """(where, config, result) rows in one transaction (screened estimates come by the thousand)."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.execute(
+            self.db.executemany(
                 "INSERT OR REPLACE INTO evals (key, config, stage, mode, site, channel, block, pattern, candidate,"
-                " correct, images, macs_saved, mispredicted, seconds, engine, cut_short)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (where.key, config, where.stage, where.mode, where.site, where.channel, where.block, where.pattern,
-                 where.candidate, result.correct, result.images, result.macs_saved, result.mispredicted,
-                 result.seconds, engine, int(result.cut_short)),
+                " correct, images, macs_saved, mispredicted, seconds, engine, cut_short, estimated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(where.key, config, where.stage, where.mode, where.site, where.channel, where.block, where.pattern,
+                  where.candidate, result.correct, result.images, result.macs_saved, result.mispredicted,
+                  result.seconds, engine, int(result.cut_short), int(result.estimated))
+                 for where, config, result in rows],
             )  # fmt: skip
+
+    def keys(self, prefix: str) -> set[str]:
+        """Keys of the records whose key starts with ``prefix``."""
+        rows = self.db.execute("SELECT key FROM evals WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        return {r[0] for r in rows}
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
