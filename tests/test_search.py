@@ -303,7 +303,9 @@ def test_screen_estimates_follow_their_definition(ckpt):
         naive.set_masks({})
         acts = {}
         bump = torch.zeros((len(y), *site.shape), requires_grad=True)
-        handle = net.spatial(site).register_forward_hook(lambda m, a, out: acts.setdefault("a", out.detach()) + bump)
+        handle = net.spatial(site).register_forward_hook(
+            lambda m, a, out, acts=acts, bump=bump: acts.setdefault("a", out.detach()) + bump
+        )
         margin = _margins(net(x), y)
         handle.remove()
         (grad,) = torch.autograd.grad(margin.sum(), [bump])
