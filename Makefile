@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv data demo test lint bench clean
+.PHONY: venv data browser demo test lint bench clean
 FASHION := /usr/share/datasets/fashion-mnist
 DEMO_CKPT := checkpoints/resnet18-w0.25-fashion-mnist
 
@@ -27,6 +27,18 @@ data:
 	  fi; \
 	fi
 
+# Headless Chromium for the report's browser test (installed when missing, as root; else that test skips).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (for the report's browser test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	      || echo "could not install chromium: the browser test will skip"; \
+	  else \
+	    echo "chromium is missing and this is not root: the browser test will skip ('sudo apt-get install chromium')"; \
+	  fi; \
+	fi
+
 demo: venv data
 	@test -f $(DEMO_CKPT)/meta.json || $(BIN)/crossneuron train --model resnet18 --width 0.25 \
 	  --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05 --out $(DEMO_CKPT)
@@ -38,7 +50,7 @@ demo: venv data
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
-test: lint data
+test: lint data browser
 	$(BIN)/pytest
 
 bench: venv

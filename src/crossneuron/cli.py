@@ -304,4 +304,24 @@ def optimize(
                           f"{r['macs_saved_pct_network']:.2f}", f"{r['macs_saved_pct_sites']:.2f}",
                           f"{r['oracle_pct_network']:.2f}")  # fmt: skip
     out_console().print(table)
+    b = summary["baseline"]["test"]
+    typer.echo(f"diagonal baseline (2018): {b['macs_saved_pct_network']:.2f}% of network MACs at a test drop of "
+               f"{b['drop']:.2f} points")  # fmt: skip
+    for m, info in summary["modes"].items():
+        at = info["at_baseline"]
+        typer.echo(f"{m} at the baseline's calibration drop: {at['macs_saved_pct_network']:.2f}% of network MACs, "
+                   f"test drop {at['test_drop']:.2f}")  # fmt: skip
     typer.echo(f"{summary['evaluations']} evaluations in {summary['seconds']:.0f} s; results under {out}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="run folder written by `crossneuron optimize`")],
+    out: Annotated[str | None, typer.Option(help="folder for the report (default RUN_DIR/report)")] = None,
+):
+    """Figures (PNG, SVG), a Markdown table and a self-contained report.html from a run folder."""
+    from .report import build_report
+
+    made = build_report(run_dir, out)
+    typer.echo(made["table"])
+    typer.echo(f"report: {made['html']}")

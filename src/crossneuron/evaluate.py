@@ -33,6 +33,7 @@ class PatternResult:
     oracle_pct_sites: float
     mispredicted_rate: float
     images: int
+    per_site: tuple = ()  # per site: name, share of network MACs, MACs saved and oracle (% of network)
 
     @property
     def drop(self) -> float:
@@ -49,6 +50,7 @@ class PatternResult:
             "oracle_pct_sites": self.oracle_pct_sites,
             "mispredicted_rate": self.mispredicted_rate,
             "images": self.images,
+            "per_site": list(self.per_site),
         }
 
 
@@ -78,6 +80,16 @@ def measure(net, spec: DatasetSpec, x, y, masks: dict, batch_size: int = 500, de
         oracle_pct_sites=plain.oracle_pct_sites,
         mispredicted_rate=s.mispredicted_rate,
         images=n,
+        per_site=tuple(
+            {
+                "name": site.name,
+                "share_of_network_pct": 100.0 * site.site_macs / net.network_macs,
+                "macs_saved_pct_network": 100.0 * site.macs_saved / (n * net.network_macs),
+                "macs_saved_pct_site": 100.0 * site.macs_saved / (n * site.site_macs),
+                "oracle_pct_network": 100.0 * zero.oracle_macs / (n * net.network_macs),
+            }
+            for site, zero in zip(s.per_site, plain.per_site, strict=True)
+        ),
     )
 
 

@@ -97,6 +97,7 @@ def layer_quantize(
 
 def pick(trajectory: Sequence[Step], base: EvalResult, eps: float) -> Step:
     """The evaluated configuration with the most MACs saved within ``eps`` (ties: higher accuracy,
-    then earlier). The final all-none step is always within any eps >= 0."""
-    ok = [t for t in trajectory if within(t.result, base, eps)]
+    then earlier). The final all-none step is always within any eps >= 0. Steps cut short carry only
+    an upper bound of their accuracy and are never picked (they lie outside the search's epsilon)."""
+    ok = [t for t in trajectory if not t.result.cut_short and within(t.result, base, eps)]
     return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))

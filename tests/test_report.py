@@ -1,0 +1,78 @@
+"""The report from a real (tiny) run: files, table, HTML; and headless Chromium opening it."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from crossneuron.context import open_checkpoint
+from crossneuron.errors import CrossneuronError
+from crossneuron.optimize import optimize
+from crossneuron.report import build_report
+from crossneuron.search.run import SearchOptions
+from crossneuron.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    ckpt = root / "ckpt"
+    train(TrainConfig(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=3, batch_size=64, lr=0.05),
+          ckpt, quiet=True)  # fmt: skip
+    options = SearchOptions(modes=["uniform-layer", "uniform-patch"], patch_size=2, ones=(1, 2), gt=4,
+                            eps=[0.0, 1.0, 5.0], calib=100, batch_size=100, screen=True, screen_check=5)  # fmt: skip
+    optimize(open_checkpoint(ckpt), options, root / "run", engine_name="fast")
+    return root / "run"
+
+
+def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
+    made = build_report(run_dir, tmp_path / "rep")
+    for name in ("savings_vs_eps", "modes_bars", "per_site", "masks_by_site", "masks_of_site",
+                 "trajectory_uniform-layer", "trajectory_uniform-patch"):  # fmt: skip
+        assert name in made["figures"]
+        for ext in ("png", "svg"):
+            assert (tmp_path / "rep" / f"{name}.{ext}").stat().st_size > 1000
+    table = (tmp_path / "rep" / "table.md").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    layer3 = summary["modes"]["uniform-layer"]["eps"]["5"]
+    row = next(line for line in table.splitlines() if line.startswith("| uniform-layer"))
+    assert f"{layer3['macs_saved_pct_network']:.2f} ({layer3['macs_saved_pct_sites']:.2f})" in row
+    assert row.count(" - ") == 2  # eps 0.5 and 3 were not asked for
+    b = summary["baseline"]["test"]
+    assert f"{b['macs_saved_pct_network']:.2f}" in row and f"/ {b['drop']:.2f}" in row
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(made["figures"])
+    assert "src='http" not in page and 'src="http' not in page  # self-contained: nothing fetched
+    assert summary["modes"]["uniform-patch"]["screen"]["sample"] == 5 and "Spearman" in page
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(CrossneuronError, match="summary.json not found"):
+        build_report(tmp_path)
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(CrossneuronError, match="corrupt"):
+        build_report(tmp_path)
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it when run as root)")
+def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(run_dir, tmp_path):
+    made = build_report(run_dir, tmp_path / "rep")
+    page = "file://" + os.path.abspath(made["html"])
+    args = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+            "--virtual-time-budget=5000", "--user-data-dir=" + str(tmp_path / "profile")]  # fmt: skip
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(args + [f"--screenshot={shot}", "--window-size=1200,3000", page],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    dom = subprocess.run(args + ["--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert f'data-images="{len(made["figures"])}"' in dom.stdout, dom.stderr[-2000:]
+    assert 'data-images-ok="yes"' in dom.stdout and 'data-errors="0"' in dom.stdout
+    console_errors = [line for line in (proc.stderr + dom.stderr).splitlines()
+                      if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]  # fmt: skip
+    assert not console_errors, console_errors
