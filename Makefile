@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: venv data browser demo test lint bench clean
 FASHION := /usr/share/datasets/fashion-mnist
 DEMO_CKPT := checkpoints/resnet18-w0.25-fashion-mnist
+QUIET := $(if $(filter 1 yes true,$(CN_QUIET)),--quiet,)  # make demo CN_QUIET=1: no progress bars (CI logs)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,11 +42,12 @@ browser:
 
 demo: venv data
 	@test -f $(DEMO_CKPT)/meta.json || $(BIN)/crossneuron train --model resnet18 --width 0.25 \
-	  --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05 --out $(DEMO_CKPT)
+	  --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05 --out $(DEMO_CKPT) $(QUIET)
 	$(BIN)/crossneuron sites --model resnet18 --width 0.25 --input-shape 1,28,28 --num-classes 10
 	$(BIN)/crossneuron baseline --checkpoint $(DEMO_CKPT) --patch-size 2
-	$(BIN)/crossneuron optimize --checkpoint $(DEMO_CKPT) --out runs/demo --mode uniform-layer --engine fast \
-	  --patch-size 2 --ones 1-2 --eps 0,0.5,1,3 --calib 1000
+	$(BIN)/crossneuron optimize --checkpoint $(DEMO_CKPT) --out runs/demo --mode uniform-layer,uniform-patch \
+	  --screen --engine fast --patch-size 2 --ones 1-2 --eps 0,0.5,1,3 --calib 1000 $(QUIET)
+	$(BIN)/crossneuron report runs/demo
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

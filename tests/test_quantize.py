@@ -101,3 +101,37 @@ def test_full_mask_tiles_align_with_patches(p, h, w):
     side = block_side(h, w, p, 1)
     mask = full_mask((Piece(None, None, 1),), (1, hp, wp), p, side)
     assert mask.sum() == (hp // p) * (wp // p)  # one computed position (bit 0) per patch
+
+
+def test_forward_quantize_keeps_only_moves_within_each_eps_and_warm_starts():
+    from crossneuron.search.quantize import forward_quantize
+
+    # two sites, options from most to least saving; isolated (lost, macs)
+    options = {
+        0: [opt(1, 880, 100), opt(2, 898, 60)],  # lose 20 for 100 MACs, lose 2 for 60
+        1: [opt(3, 890, 90), opt(4, 899, 40)],  # lose 10 for 90, lose 1 for 40
+    }
+    table = {(s, o.plan): (900 - o.result.correct, o.result.macs_saved) for s, opts in options.items() for o in opts}
+
+    def evaluate(plans, step, eps):
+        lost = sum(table[(s, plan)][0] for s, plan in plans.items()) * 1.5  # joint effects are worse
+        return EvalResult(900 - int(lost), 1000, sum(table[(s, plan)][1] for s, plan in plans.items()), 0)
+
+    steps = forward_quantize([[0], [1]], options, BASE, evaluate, [0.5, 2.0], start=7)
+    assert [t.step for t in steps] == list(range(7, 7 + len(steps)))
+    assert all(t.stage == "refine" for t in steps)
+    # eps 0.5 (5 images): site 1 -> option 4 (40 MACs per 1 lost) loses 1 jointly: kept; site 0 -> option 2
+    # loses (2 + 1) * 1.5 = 4: kept; site 1 -> option 3 loses 18: rejected, frozen; site 0 -> option 1
+    # loses 31: rejected. eps 2 (20 images) starts there: site 1 -> option 3 (18) kept; site 0 -> 1 (45) rejected.
+    assert [t.positions for t in steps] == [(2, 1), (1, 1), (1, 0), (0, 1), (1, 0), (0, 0)]
+    assert pick(steps, BASE, 0.5).result.macs_saved == 100  # options 2 and 4: 60 + 40
+    best_2 = pick(steps, BASE, 2.0)
+    assert best_2.result.macs_saved == 150 and best_2.positions == (1, 0)
+
+
+def test_pick_never_takes_a_step_cut_short():
+    from crossneuron.search.quantize import Step
+
+    cut = Step(1, 0, (0,), EvalResult(900, 1000, 500, 0, cut_short=True))
+    fine = Step(2, 0, (1,), EvalResult(899, 1000, 100, 0))
+    assert pick([cut, fine], BASE, 50.0) is fine

@@ -250,6 +250,9 @@ def optimize(
     ] = False,
     screen_band: Annotated[float, typer.Option(help="points around the largest eps evaluated exactly")] = 1.0,
     screen_check: Annotated[int, typer.Option(help="screened estimates also evaluated exactly (proxy check)")] = 30,
+    refine: Annotated[
+        bool, typer.Option(help="after the layer quantizer, a forward greedy that keeps only moves within each eps")
+    ] = False,
     batch_size: int = 500,
     seed: int = 0,
     data_root: DataRoot = None,
@@ -268,7 +271,8 @@ def optimize(
     modes = list(MODES) if mode == "all" else [m.strip() for m in mode.split(",")]
     options = SearchOptions(modes=modes, patch_size=patch_size, ones=_ones(ones), gt=gt, eps=_floats(eps, "--eps"),
                             top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple,
-                            screen=screen, screen_band=screen_band, screen_check=screen_check)  # fmt: skip
+                            screen=screen, screen_band=screen_band, screen_check=screen_check,
+                            refine=refine)  # fmt: skip
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:

@@ -148,10 +148,15 @@ def trajectory(run: Run, mode: str):
         return None
     color, marker = _style(mode)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    full = [s for s in steps if not s.get("cut_short")]
+    full = [s for s in steps if not s.get("cut_short") and s.get("stage", "layer") == "layer"]
+    refine = [s for s in steps if not s.get("cut_short") and s.get("stage") == "refine"]
     cut = [s for s in steps if s.get("cut_short")]
     ax.plot([s["macs_saved_pct_network"] for s in full], [s["calib_accuracy"] for s in full], color=color,
-            marker=".", linewidth=0.8, label="evaluated configurations")  # fmt: skip
+            marker=".", linewidth=0.8, label="layer quantizer (SPEC 6)")  # fmt: skip
+    if refine:
+        ax.plot([s["macs_saved_pct_network"] for s in refine], [s["calib_accuracy"] for s in refine],
+                color="tab:purple", marker=".", linewidth=0.8,
+                label="refine (forward greedy, kept and rejected moves)")  # fmt: skip
     if cut:
         ax.scatter([s["macs_saved_pct_network"] for s in cut], [s["calib_accuracy"] for s in cut],
                    facecolors="none", edgecolors="gray", s=18, label="cut short (accuracy at most)")  # fmt: skip

@@ -49,6 +49,7 @@ class Step:
     moved: int | None  # the unit (index into units) moved to reach it; None for the start
     positions: tuple[int, ...]  # per site: index into its options (len(options) = none)
     result: EvalResult
+    stage: str = "layer"  # layer (SPEC 6's layer quantizer) or refine (forward_quantize)
 
 
 def layer_quantize(
@@ -101,3 +102,58 @@ def pick(trajectory: Sequence[Step], base: EvalResult, eps: float) -> Step:
     an upper bound of their accuracy and are never picked (they lie outside the search's epsilon)."""
     ok = [t for t in trajectory if not t.result.cut_short and within(t.result, base, eps)]
     return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))
+
+
+def forward_quantize(
+    units: Sequence[Sequence[int]],
+    options: dict[int, Sequence[Option]],
+    base: EvalResult,
+    evaluate: Callable[[dict[int, SitePlan], int, float], EvalResult],
+    eps_list: Sequence[float],
+    start: int = 0,
+) -> list[Step]:
+    """The ``refine`` stage (not in SPEC 6; opt-in): a forward greedy with joint acceptance.
+
+    For each epsilon, smallest first, starting from the previous epsilon's configuration (at first:
+    no prediction): repeatedly take the unit whose next more-saving option gains the most MACs per
+    accuracy point lost (isolated records), evaluate the whole network, keep the move when it stays
+    within that epsilon, else undo it and freeze the unit; until every unit is frozen or at its
+    first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
+    Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
+    (``evaluate(plans, step, eps)`` may cut them short against ``eps``)."""
+    sites = sorted({s for unit in units for s in unit})
+    pos = {s: len(options[s]) for s in sites}  # len = none
+
+    def record(s: int, k: int) -> EvalResult:
+        return options[s][k].result if k < len(options[s]) else base
+
+    def plans() -> dict[int, SitePlan]:
+        return {s: options[s][pos[s]].plan for s in sites if pos[s] < len(options[s])}
+
+    trajectory: list[Step] = []
+    for eps in sorted(eps_list):
+        frozen: set[int] = set()
+        while True:
+            best, best_ratio = None, None
+            for u, unit in enumerate(units):
+                movable = [s for s in unit if pos[s] > 0]
+                if u in frozen or not movable:
+                    continue
+                gained = sum(record(s, pos[s] - 1).macs_saved - record(s, pos[s]).macs_saved for s in movable)
+                lost = sum(record(s, pos[s]).correct / record(s, pos[s]).images
+                           - record(s, pos[s] - 1).correct / record(s, pos[s] - 1).images for s in movable)  # fmt: skip
+                ratio = gained / lost if lost > 0 else float("inf") if gained > 0 else 0.0
+                if best_ratio is None or ratio > best_ratio:
+                    best, best_ratio = u, ratio
+            if best is None:
+                break
+            before = dict(pos)
+            for s in units[best]:
+                pos[s] = max(pos[s] - 1, 0)
+            step = start + len(trajectory)
+            result = evaluate(plans(), step, eps)
+            trajectory.append(Step(step, best, tuple(pos[s] for s in sites), result, "refine"))
+            if not within(result, base, eps):
+                pos.update(before)
+                frozen.add(best)
+    return trajectory

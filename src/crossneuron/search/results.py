@@ -44,6 +44,7 @@ def trajectory_json(net, result, base: EvalResult) -> list[dict]:
     return [
         {
             "step": t.step,
+            "stage": t.stage,
             "moved": None if t.moved is None else [net.sites[s].name for s in units[t.moved]],
             "calib_accuracy": t.result.accuracy,  # an upper bound where cut_short
             "cut_short": t.result.cut_short,

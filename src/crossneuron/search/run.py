@@ -14,7 +14,7 @@ from ..net import PredictiveNet
 from ..patterns import check_ones, pattern_codes
 from .engine import EvalResult
 from .plan import Piece, SitePlan, block_grid, block_side, full_mask, plan_json
-from .quantize import Option, Step, combine, layer_quantize, pick, rank, within
+from .quantize import Option, Step, combine, forward_quantize, layer_quantize, pick, rank, within
 from .store import Store, Where
 
 MODES = ("uniform-layer", "uniform-patch", "uniform-filters", "max-granularity")
@@ -35,6 +35,7 @@ class SearchOptions:
     screen: bool = False  # estimate targets below site level; exact only near the epsilon boundary
     screen_band: float = 1.0  # points around the largest epsilon where a screened estimate is re-evaluated
     screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
+    refine: bool = False  # after the layer quantizer, a forward greedy with joint acceptance per eps
 
     def check(self, val_size: int | None = None) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -126,9 +127,11 @@ class Search:
         self._pending: list = []
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False) -> EvalResult:
+    def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False,
+                 cut_eps: float | None = None) -> EvalResult:  # fmt: skip
         """Memoised evaluation. ``may_cut``: the engine may stop once the candidate provably falls
-        outside the largest epsilon (its record says so); only options within it matter there."""
+        outside the largest epsilon, or ``cut_eps`` (its record says so); only options within it
+        matter there."""
         plans = {k: v for k, v in plans.items() if v}
         key = config_hash(plans)
         found = self.store.find(where, key)
@@ -138,7 +141,8 @@ class Search:
         min_correct = None
         if may_cut:
             n = self.base.images
-            min_correct = math.ceil(self.base.correct - self.eps * n / 100 - 1e-9)
+            eps = self.eps if cut_eps is None else cut_eps
+            min_correct = math.ceil(self.base.correct - eps * n / 100 - 1e-9)
         result = self.engine.evaluate(masks, min_correct)
         self.store.add(where, key, result, self.engine.name)
         return result
@@ -304,6 +308,15 @@ class Search:
             return result
 
         trajectory = layer_quantize(units, options, self.base, evaluate)
+        if self.o.refine:
+
+            def evaluate_refine(plans: dict[int, SitePlan], step: int, eps: float) -> EvalResult:
+                plans_by_step.append(plans)
+                result = self.evaluate(Where("refine", mode, candidate=step), plans, may_cut=True, cut_eps=eps)
+                self.progress(f"{mode}: refine", step + 1 - len(trajectory), total, result)
+                return result
+
+            trajectory += forward_quantize(units, options, self.base, evaluate_refine, self.o.eps, len(trajectory))
         return ModeResult(mode, options, units, trajectory, plans_by_step, self.screen_checks.get(mode))
 
 
