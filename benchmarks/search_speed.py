@@ -1,12 +1,16 @@
-"""Search speed: engines side by side on one checkpoint, in one process (issue 5, part a).
+"""Search speed: engines side by side on one checkpoint, in one process (issue 5, parts a and b).
 
     .venv/bin/python benchmarks/search_speed.py --checkpoint checkpoints/resnet18-w0.25-fashion-mnist \\
-        [--mode uniform-layer] [--calib 1000] [--ones 1-2] [--engines naive,fast]
+        [--mode uniform-layer] [--calib 1000] [--ones 1-2] [--engines naive,fast] [--targets 200]
 
-Runs the complete search (all stages of the mode, calibration images only: the test-split
+Part a (default): runs the complete search (all stages of the mode, calibration images only: the test-split
 measurement afterwards is the same for every engine and is left out) with each engine into a
 temporary record database, then prints wall times, their ratio and the number of evaluation
 records that differ (must be 0). Engine set-up (the fast engine's cache pass) is included.
+
+Part b (``--targets N``): the max-granularity first level on a fixed random sample of N targets
+(site, channel, block, pattern; seed 0), each evaluated alone by every engine, interleaved target by
+target; prints the wall ratio of the evaluations (set-up reported apart) and differing records.
 """
 
 from __future__ import annotations
@@ -48,7 +52,11 @@ def main() -> None:
     ap.add_argument("--ones", default="1-2")
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--engines", default="naive,fast")
+    ap.add_argument("--targets", type=int, default=0, help="part b: this many random max-granularity targets")
+    ap.add_argument("--gt", type=float, default=10.0)
     args = ap.parse_args()
+    if args.targets:
+        return part_b(args)
     a, b = (int(v) for v in args.ones.split("-"))
     ctx = open_checkpoint(args.checkpoint, args.data_root)
     options = dict(modes=args.mode.split(","), patch_size=args.patch_size, ones=(a, b), calib=args.calib)
@@ -83,6 +91,56 @@ def main() -> None:
         )
         for k in differ[:5]:
             print(f"  differs: {k}: {ref.get(k)} vs {other.get(k)}")
+
+
+def part_b(args) -> None:
+    import random
+
+    from crossneuron.patterns import pattern_codes
+    from crossneuron.search.plan import Piece, block_grid, block_side, full_mask
+
+    a, b = (int(v) for v in args.ones.split("-"))
+    ctx = open_checkpoint(args.checkpoint, args.data_root)
+    opts = SearchOptions(modes=["max-granularity"], patch_size=args.patch_size, ones=(a, b), calib=args.calib,
+                         gt=args.gt)  # fmt: skip
+    opts.check(len(ctx.split.val))
+    engines, setup = {}, {}
+    for name in args.engines.split(","):
+        t0 = time.perf_counter()
+        engines[name] = make_engine(name, ctx, opts)[1]
+        setup[name] = time.perf_counter() - t0
+    net = next(iter(engines.values())).net
+    p = args.patch_size
+    space = []
+    for s in net.sites:
+        shape = tuple(net.spatial(s).mask.shape)
+        side = block_side(s.shape[1], s.shape[2], p, args.gt)
+        space += [(s.index, shape, side, c, k) for c in range(shape[0]) for k in range(len(block_grid(shape, side)))]
+    rng = random.Random(0)
+    codes = pattern_codes(p, (a, b))
+    sample = [(*rng.choice(space), rng.choice(codes)) for _ in range(args.targets)]
+    times = dict.fromkeys(engines, 0.0)
+    results = {name: [] for name in engines}
+    for i, (site, shape, side, channel, block, code) in enumerate(sample):
+        if i and i % 20 == 0:
+            print(f"  {i} targets: " + ", ".join(f"{n} {t:.1f} s" for n, t in times.items()), flush=True)
+        mask = full_mask((Piece(channel, block, code),), shape, p, side)
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            r = engine.evaluate({site: mask})
+            times[name] += time.perf_counter() - t0
+            results[name].append((r.correct, r.macs_saved, r.mispredicted))
+    names = list(engines)
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"checkpoint {args.checkpoint}, max-granularity first level, {args.targets} random targets, "
+          f"calib {args.calib}, p {p}, ones {args.ones}, GT {args.gt:g}")  # fmt: skip
+    for name in names:
+        print(f"{name:6s} evaluations {times[name]:8.1f} s  set-up {setup[name]:6.1f} s")
+    for name in names[1:]:
+        differ = sum(x != y for x, y in zip(results[names[0]], results[name], strict=True))
+        print(f"{names[0]} / {name} wall ratio (evaluations): {times[names[0]] / times[name]:.2f}x, "
+              f"with set-up: {(times[names[0]] + setup[names[0]]) / (times[name] + setup[name]):.2f}x   "
+              f"differing records: {differ}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -329,3 +329,35 @@ def report(
     made = build_report(run_dir, out)
     typer.echo(made["table"])
     typer.echo(f"report: {made['html']}")
+
+
+@app.command()
+def retrain(
+    checkpoint: Annotated[str, typer.Option(help="checkpoint folder the masks were searched on")],
+    masks: Annotated[str, typer.Option(help="a result.json written by `crossneuron optimize`")],
+    out: Annotated[str | None, typer.Option(help="new checkpoint folder (default RUN_DIR/retrain-<mode>-eps-<e>)")]
+    = None,  # fmt: skip
+    epochs: int = 2,
+    lr: float = 0.005,
+    batch_size: int = 128,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted retraining in --out")] = False,
+    research: Annotated[bool, typer.Option(help="run the same search again on the retrained model")] = False,
+    engine: Annotated[str, typer.Option(help="evaluation engine for --research")] = "fast",
+    data_root: DataRoot = None,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: bool = False,
+):
+    """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
+    from .retrain import retrain as run
+
+    record = run(checkpoint, masks, out, epochs, lr, batch_size, data_root, device, resume,
+                 quiet or as_json or not sys.stderr.isatty(), research, engine)  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    b, a = record["before"]["test"], record["after"]["test"]
+    typer.echo(f"test accuracy with the masks: {b['accuracy']:.2f}% before, {a['accuracy']:.2f}% after retraining "
+               f"(no prediction: {record['base_accuracy']:.2f}% before); MACs saved {b['macs_saved_pct_network']:.2f}% "
+               f"-> {a['macs_saved_pct_network']:.2f}% of network")  # fmt: skip
+    typer.echo(f"retrained checkpoint: {record['retrained']}")

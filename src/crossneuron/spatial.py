@@ -80,6 +80,7 @@ class Spatial(nn.Module):
         self.patch_size = patch_size
         self.macs_per_output = macs_per_output
         self.enabled = True
+        self.count_zeros = True  # the oracle statistic; engines that never read it turn it off
         hp, wp = padded_size(h, patch_size), padded_size(w, patch_size)
         self.register_buffer("mask", torch.ones(c, hp, wp, dtype=torch.bool))
         # predicted positions, mispredicted positions, zero positions (oracle), images
@@ -110,7 +111,8 @@ class Spatial(nn.Module):
         with torch.no_grad():
             self.counts[3] += x.shape[0]
             if not self.predicting:
-                self.counts[2] += x.numel() - _count(x.bool())
+                if self.count_zeros:
+                    self.counts[2] += x.numel() - _count(x.bool())
                 return x
             offsets, weight = self._derived()
             # Work on the p*p strided sub-grids x[..., i::p, j::p]: each holds one position of
@@ -130,7 +132,8 @@ class Spatial(nn.Module):
             # in a predicted patch every computed position is zero: its non-zeros are all mispredicted
             wrong = as_int * nonzero
             self.counts[1] += _count(wrong)
-            self.counts[2] += x.numel() - _count(nonzero)
+            if self.count_zeros:
+                self.counts[2] += x.numel() - _count(nonzero)
         if torch.is_grad_enabled() and x.requires_grad:  # training: predicted positions pass no gradient
             h, w = self.shape[1:]
             fill = expand_patches(predict, p, h, w) & ~self.mask[:, :h, :w]

@@ -41,6 +41,8 @@ class TrainConfig:
     device: str = "cpu"
     half: bool = True  # store weights in fp16 (loaded back as fp32)
     weights: str | None = None  # torchvision pretrained weights to start from (ImageNet layout)
+    init: str | None = None  # a checkpoint folder to start from (retraining)
+    masks: str | None = None  # a search's result.json: train with those masks predicting (retraining)
 
     def check(self) -> None:
         if self.epochs < (0 if self.weights else 1):
@@ -49,6 +51,20 @@ class TrainConfig:
             raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise CrossneuronError(f"--lr must be positive, got {self.lr}")
+
+
+def with_masks(model: torch.nn.Module, spec, masks_path: str | None) -> torch.nn.Module:
+    """``model`` itself, or a PredictiveNet on it with a result.json's masks predicting."""
+    if not masks_path:
+        return model
+    from .net import attach
+    from .search.results import full_masks, load_result
+
+    data = load_result(masks_path)
+    net = attach(model, spec.input_shape, data["patch_size"]).to(next(model.parameters()).device)
+    for index, mask in full_masks(net, data).items():
+        net.set_mask(index, mask)
+    return net
 
 
 def _save_state(out: Path, model, optimizer, epoch: int, history: list) -> None:
@@ -101,7 +117,10 @@ def train(
     model = build_model(cfg.model, spec.num_classes, spec.input_shape, cfg.width)
     if cfg.weights:
         load_pretrained(model, cfg.model, cfg.weights)
+    if cfg.init:
+        model.load_state_dict(checkpoint.load(cfg.init)[0].state_dict())
     model = model.to(cfg.device)
+    runner = with_masks(model, spec, cfg.masks)  # what trains and is measured; shares model's parameters
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
@@ -130,6 +149,8 @@ def train(
         "val_hash": split.val_hash,
         "data_source": arrays.source,
         "weights": cfg.weights,
+        "init": cfg.init,
+        "masks": cfg.masks,  # accuracies in this meta are measured with these masks predicting
         "command": " ".join(sys.argv),
         "config": asdict(cfg),
         "versions": {
@@ -148,10 +169,10 @@ def train(
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same stream after a resume
             shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
-            model.train()
+            runner.train()
             t0, seen, loss_sum, hits = time.perf_counter(), 0, 0.0, 0
             for xb, yb in batches(x_train, y_train, spec, cfg.batch_size, cfg.device, shuffle, train_augment=True):
-                logits = model(xb)
+                logits = runner(xb)
                 loss = F.cross_entropy(logits, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -163,7 +184,7 @@ def train(
                 rate = seen / (time.perf_counter() - t0)
                 info = f"loss {loss_sum / seen:.4f}  acc {100 * hits / seen:.2f}%  {rate:.0f} img/s"
                 progress.update(task, advance=1, info=info)
-            val_acc = 100.0 * correct_count(model, x_val, y_val, spec, 500, cfg.device) / len(y_val)
+            val_acc = 100.0 * correct_count(runner, x_val, y_val, spec, 500, cfg.device) / len(y_val)
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -185,8 +206,10 @@ def train(
     if cfg.epochs == 0:  # pretrained weights only: store them as they are
         checkpoint.save(out, model, {**meta, "epoch": 0, "val_accuracy": None, "test_accuracy": None}, cfg.half)
     final, _ = checkpoint.load(out, cfg.device)  # measure exactly what is stored (fp16 weights, if asked)
-    val_acc = 100.0 * correct_count(final, x_val, y_val, spec, 500, cfg.device) / len(y_val)
-    test_acc = 100.0 * correct_count(final, arrays.x_test, arrays.y_test, spec, 500, cfg.device) / len(arrays.y_test)
+    final_runner = with_masks(final, spec, cfg.masks)
+    val_acc = 100.0 * correct_count(final_runner, x_val, y_val, spec, 500, cfg.device) / len(y_val)
+    test_acc = (100.0 * correct_count(final_runner, arrays.x_test, arrays.y_test, spec, 500, cfg.device)
+                / len(arrays.y_test))  # fmt: skip
     checkpoint.save(
         out, final, {**meta, "epoch": cfg.epochs, "val_accuracy": val_acc, "test_accuracy": test_acc}, cfg.half
     )

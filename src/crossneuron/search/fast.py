@@ -80,6 +80,8 @@ class FastEngine(NaiveEngine):
             self.tails[k] = (tail, live)
         self.cache = self._capture(set(cache_plan))
         self.base_hits = self._base_hits()
+        for s in net.sites:  # the search reads MACs saved and mispredictions, never the oracle
+            net.spatial(s).count_zeros = False
 
     @torch.inference_mode()
     def _sizes(self, x) -> dict[str, int]:

@@ -1,0 +1,99 @@
+"""``retrain``: fine-tune a checkpoint with a search's masks predicting, then measure it again.
+
+Predicted positions pass no gradient (the Spatial layer's training path); everything else trains
+normally, BatchNorm statistics included. The split is the source checkpoint's (same seed, same val
+images). Output folder: a checkpoint (``model.safetensors``, ``meta.json``, ``metrics.json``; its
+accuracies are with the masks on), ``retrain.json`` (before / after on the test split and the
+calibration images) and ``result.json`` (the masks with the retrained numbers, usable by
+``evaluate --masks``). ``research``: the search again on the retrained model, into ``search/``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .context import open_checkpoint
+from .errors import CrossneuronError
+from .evaluate import measure
+from .fsutil import write_json
+from .net import attach
+from .optimize import calibration, optimize
+from .search.results import full_masks, load_result, write_result
+from .search.run import SearchOptions
+from .train import TrainConfig, train
+
+
+def default_out(result_path: Path, data: dict) -> Path:
+    """RUN_DIR/retrain-<mode>-eps-<e> for RUN_DIR/<mode>/eps-<e>/result.json (the report finds it there)."""
+    return result_path.resolve().parents[2] / f"retrain-{data['mode']}-eps-{data['eps']:g}"
+
+
+def _measure(ctx_model, ctx, data, x, y, batch_size) -> dict:
+    net = attach(ctx_model, ctx.spec.input_shape, data["patch_size"])
+    r = measure(net, ctx.spec, x, y, full_masks(net, data), batch_size, ctx.device)
+    return {"accuracy": r.accuracy, "no_prediction_accuracy": r.base_accuracy, "drop": r.drop,
+            "macs_saved_pct_network": r.macs_saved_pct_network, "macs_saved_pct_sites": r.macs_saved_pct_sites,
+            "oracle_pct_network": r.oracle_pct_network, "mispredicted_rate": r.mispredicted_rate}  # fmt: skip
+
+
+def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 0.005, batch_size: int = 128,
+            data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
+            engine: str = "fast", progress=None) -> dict:  # fmt: skip
+    result_path = Path(result_path)
+    data = load_result(result_path)
+    ctx = open_checkpoint(checkpoint_dir, data_root, device)
+    if data.get("val_hash") not in (None, ctx.meta["val_hash"]):
+        raise CrossneuronError(f"{result_path} was searched on another val split than {checkpoint_dir}'s")
+    full_masks(attach(ctx.model, ctx.spec.input_shape, data["patch_size"]), data)  # refuse masks of another model
+    out = Path(out) if out else default_out(result_path, data)
+    meta = ctx.meta
+    cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"], device=device,
+                      init=str(ctx.path.resolve()), masks=str(result_path.resolve()))  # fmt: skip
+    t0 = time.perf_counter()
+    metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
+    seconds = time.perf_counter() - t0
+    new = open_checkpoint(out, data_root, device)
+    options = data["options"]
+    x_cal, y_cal, _ = calibration(ctx, options["calib"], options["seed"])
+    x_test, y_test = ctx.data("test")
+    bs = options.get("batch_size", 500)
+    record = {
+        "mode": data["mode"],
+        "eps": data["eps"],
+        "checkpoint": str(ctx.path.resolve()),
+        "retrained": str(out.resolve()),
+        "masks": str(result_path.resolve()),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "train_seconds": metrics["train_seconds"],
+        "seconds": seconds,
+        "base_accuracy": data["test_base_accuracy"],  # test, source model, no prediction
+        "before": {"test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
+                   "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs)},  # fmt: skip
+        "after": {"test": _measure(new.model, new, data, x_test, y_test, bs),
+                  "calib": _measure(new.model, new, data, x_cal, y_cal, bs)},  # fmt: skip
+    }
+    for key in ("before", "after"):  # the report's keys
+        record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
+    write_json(out / "retrain.json", record)
+    after = record["after"]["test"]
+    write_result(out / "result.json", {
+        **data, "checkpoint": str(out.resolve()), "weights_hash": new.weights_hash,
+        "retrained_from": record["checkpoint"],
+        "calib_accuracy": record["after"]["calib"]["accuracy"],
+        "calib_base_accuracy": record["after"]["calib"]["no_prediction_accuracy"],
+        "calib_drop": record["after"]["calib"]["drop"],
+        "test_accuracy": after["accuracy"], "test_base_accuracy": after["no_prediction_accuracy"],
+        "test_drop": after["drop"], "macs_saved_pct_network": after["macs_saved_pct_network"],
+        "macs_saved_pct_sites": after["macs_saved_pct_sites"], "oracle_pct_network": after["oracle_pct_network"],
+        "mispredicted_rate": after["mispredicted_rate"], "trajectory": [],
+    })  # fmt: skip
+    if research:
+        o = dict(options)
+        o["ones"] = tuple(o["ones"]) if o.get("ones") else None
+        record["research"] = optimize(new, SearchOptions(**o), out / "search", engine, progress)
+        write_json(out / "retrain.json", record)
+    return record

@@ -1,0 +1,61 @@
+"""Retraining with masks on a tiny model: gradients, BN statistics, records, evaluate round trip."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from crossneuron.cli import app
+from crossneuron.context import open_checkpoint
+from crossneuron.errors import CrossneuronError
+from crossneuron.optimize import optimize
+from crossneuron.retrain import retrain
+from crossneuron.search.run import SearchOptions
+from crossneuron.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain")
+    train(TrainConfig(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=3, batch_size=64, lr=0.05),
+          root / "ckpt", quiet=True)  # fmt: skip
+    options = SearchOptions(modes=["uniform-layer"], patch_size=2, ones=(1, 1), gt=4, eps=[0.0, 5.0], calib=100,
+                            batch_size=100)  # fmt: skip
+    optimize(open_checkpoint(root / "ckpt"), options, root / "run", engine_name="fast")
+    return root
+
+
+def test_retrain_writes_a_checkpoint_and_before_after_numbers(searched):
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    data = json.loads(result.read_text())
+    assert data["macs_saved_pct_network"] > 0  # the masks predict something
+    record = retrain(searched / "ckpt", result, epochs=1, lr=0.01, batch_size=64, quiet=True, research=True)
+    out = searched / "run" / "retrain-uniform-layer-eps-5"  # where the report looks
+    assert record["retrained"] == str(out.resolve()) and (out / "retrain.json").is_file()
+    assert record["before"]["test"]["accuracy"] == pytest.approx(data["test_accuracy"])
+    assert record["before"]["test"]["macs_saved_pct_network"] == pytest.approx(data["macs_saved_pct_network"])
+    old, new = load_file(str(searched / "ckpt" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(old[k], new[k]) for k in old if "running_mean" in k)  # BN statistics trained too
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.endswith("conv1.weight"))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["val_hash"] == json.loads((searched / "ckpt" / "meta.json").read_text())["val_hash"]
+    assert meta["masks"] == str(result.resolve()) and meta["test_accuracy"] == pytest.approx(
+        record["after"]["test"]["accuracy"])  # fmt: skip
+    # the new result.json reproduces with evaluate --masks on the new checkpoint
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out), "--masks", str(out / "result.json"),
+                                   "--split", "test", "--json"])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["accuracy"] == pytest.approx(record["after"]["test"]["accuracy"])
+    assert (out / "search" / "summary.json").is_file() and "research" in record
+
+
+def test_retrain_refuses_masks_of_another_model(searched, tmp_path):
+    result = json.loads((searched / "run" / "uniform-layer" / "eps-5" / "result.json").read_text())
+    result["masks"] = {"no.such.site": {"side": 2, "pieces": []}}
+    bad = tmp_path / "result.json"
+    bad.write_text(json.dumps(result))
+    with pytest.raises(CrossneuronError, match="sites this model does not have"):
+        retrain(searched / "ckpt", bad, tmp_path / "out", epochs=1, quiet=True)
+    assert not (tmp_path / "out").exists()  # refused before any work
