@@ -59,3 +59,13 @@ def test_retrain_refuses_masks_of_another_model(searched, tmp_path):
     with pytest.raises(CrossneuronError, match="sites this model does not have"):
         retrain(searched / "ckpt", bad, tmp_path / "out", epochs=1, quiet=True)
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_report_shows_the_retraining(searched, tmp_path):
+    from crossneuron.report import build_report
+
+    if not (searched / "run" / "retrain-uniform-layer-eps-5" / "retrain.json").exists():
+        retrain(searched / "ckpt", searched / "run" / "uniform-layer" / "eps-5" / "result.json", epochs=1, quiet=True)
+    made = build_report(searched / "run", tmp_path / "rep")
+    assert "retraining" in made["figures"] and (tmp_path / "rep" / "retraining.png").stat().st_size > 1000
+    assert "| uniform-layer eps 5 | 1 |" in made["table"]

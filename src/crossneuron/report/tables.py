@@ -38,4 +38,15 @@ def markdown(run: Run) -> str:
         f"did not ask for it. Oracle: {r['oracle_pct_network']:.2f} ({r['oracle_pct_sites']:.2f}). "
         f"Test images: {r['test_images']}, no-prediction test accuracy {r['test_base_accuracy']:.2f}%.",
     ]
+    if run.retrain:
+        lines += ["", "| retrained | epochs | test accuracy before -> after | MACs saved before -> after |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for t in run.retrain:
+            b, a = t["before"]["test"], t["after"]["test"]
+            lines.append(f"| {t['mode']} eps {t['eps']:g} | {t['epochs']} | "
+                         f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (no prediction {t['base_accuracy']:.2f}) | {_cell(_pct(b))} -> {_cell(_pct(a))} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _pct(m: dict) -> dict:
+    return {"macs_saved_pct_network": m["macs_saved_pct_network"], "macs_saved_pct_sites": m["macs_saved_pct_sites"]}
