@@ -44,7 +44,8 @@ def markdown(run: Run) -> str:
         for t in run.retrain:
             b, a = t["before"]["test"], t["after"]["test"]
             lines.append(f"| {t['mode']} eps {t['eps']:g} | {t['epochs']} | "
-                         f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (no prediction {t['base_accuracy']:.2f}) | {_cell(_pct(b))} -> {_cell(_pct(a))} |")  # fmt: skip
+                         f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (no prediction {t['base_accuracy']:.2f}) | "
+                         f"{_cell(_pct(b))} -> {_cell(_pct(a))} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
