@@ -196,15 +196,20 @@ def test_fast_engine_records_equal_naive(full_run, ckpt, tmp_path, couple):
     assert not differ, differ[:5]
 
 
-def test_fast_engine_falls_back_when_the_cache_is_too_small(ckpt):
+def _engines(ckpt, images, batch, **fast_options):
+    """A naive and a fast engine over the same calibration images of the tiny checkpoint."""
     from crossneuron.search.engine import NaiveEngine
     from crossneuron.search.fast import FastEngine
 
     ctx = open_checkpoint(ckpt)
-    x, y, _ = calibration(ctx, 100, 0)
+    x, y, _ = calibration(ctx, images, 0)
     x = normalise(x, ctx.spec)
-    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50)
-    small = FastEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50, max_cache_bytes=1_000_000)
+    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, batch)
+    return naive, FastEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, batch, **fast_options)
+
+
+def test_fast_engine_falls_back_when_the_cache_is_too_small(ckpt):
+    naive, small = _engines(ckpt, 100, 50, max_cache_bytes=1_000_000)
     assert 0 < len(small.tails) < len(small.net.sites)  # only the later cuts fit
     g = torch.Generator().manual_seed(0)
     for site in small.net.sites:
@@ -214,14 +219,7 @@ def test_fast_engine_falls_back_when_the_cache_is_too_small(ckpt):
 
 
 def test_fast_engine_cuts_short_a_candidate_that_cannot_reach_the_bound(ckpt):
-    from crossneuron.search.engine import NaiveEngine
-    from crossneuron.search.fast import FastEngine
-
-    ctx = open_checkpoint(ckpt)
-    x, y, _ = calibration(ctx, 200, 0)
-    x = normalise(x, ctx.spec)
-    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 20)
-    fast = FastEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 20)
+    naive, fast = _engines(ckpt, 200, 20)
     everything = {0: torch.zeros_like(fast.net.spatial(0).mask)}  # computes nothing: every patch predicted
     exact = naive.evaluate(everything)
     assert exact.correct < naive.base.correct - 20
@@ -233,14 +231,7 @@ def test_fast_engine_cuts_short_a_candidate_that_cannot_reach_the_bound(ckpt):
 
 
 def test_fast_engine_is_exact_and_cuts_short_with_every_site_predicting(ckpt):
-    from crossneuron.search.engine import NaiveEngine
-    from crossneuron.search.fast import FastEngine
-
-    ctx = open_checkpoint(ckpt)
-    x, y, _ = calibration(ctx, 200, 0)
-    x = normalise(x, ctx.spec)
-    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50)
-    fast = FastEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), x, y, 50, chunk=30)
+    naive, fast = _engines(ckpt, 200, 50, chunk=30)
     g = torch.Generator().manual_seed(1)
     for density in (0.9, 0.5, 0.1):  # mild to severe: the later ones change most images
         masks = {s.index: torch.rand(fast.net.spatial(s).mask.shape, generator=g) < density for s in fast.net.sites}

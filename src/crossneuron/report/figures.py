@@ -71,8 +71,13 @@ def modes_bars(run: Run):
         ax.axhline(run.baseline["test"]["macs_saved_pct_network"], color="black", linestyle=":",
                    label=f"diagonal baseline (drop {run.baseline['test']['drop']:.2f} pts)")  # fmt: skip
     ax.set_xticks(range(len(eps)), [f"eps = {e:g}" for e in eps])
-    ax.set_ylabel("MACs saved (% of network, test split)")
-    ax.set_title("Modes side by side at each accuracy budget")
+    return _finish(fig, ax, "MACs saved (% of network, test split)", "Modes side by side at each accuracy budget")
+
+
+def _finish(fig, ax, ylabel: str, title: str):
+    """Bar charts' common ending: y label, title, legend, horizontal grid."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -91,12 +96,7 @@ def per_site(result: dict, title: str):
     ax.bar(xs, [r["oracle_pct_network"] for r in rows], 0.55, color="lightsteelblue", label="oracle (true zeros)")
     ax.bar(xs, [r["macs_saved_pct_network"] for r in rows], 0.3, color="tab:blue", label="saved by the masks")
     ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("MACs (% of network, test split)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "MACs (% of network, test split)", title)
 
 
 def _mask_image(ax, mask: torch.Tensor, title: str, fontsize=7):
@@ -196,9 +196,4 @@ def retraining(run: Run):
     low = min(min(r["before"]["test_accuracy"], r["after"]["test_accuracy"]) for r in run.retrain)
     ax.set_ylim(max(0, low - 5), 100)
     ax.set_xticks(list(xs), labels, fontsize=8)
-    ax.set_ylabel("top-1 accuracy (%, test split)")
-    ax.set_title("Retraining with prediction on")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "top-1 accuracy (%, test split)", "Retraining with prediction on")
