@@ -19,7 +19,7 @@ from .errors import CrossneuronError
 from .evaluate import measure
 from .fsutil import write_json
 from .net import attach
-from .patterns import diagonal, pattern_codes, pattern_to_code
+from .patterns import diagonal, pattern_count, pattern_to_code
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
 from .search.plan import Piece, block_grid, block_side
@@ -54,7 +54,7 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
     """Per mode, evaluations per stage (quantizer stages: at most) and an estimated time."""
     options.check(len(ctx.split.val))
     net, engine, _ = make_engine(engine_name, ctx, options)
-    p, codes = options.patch_size, len(pattern_codes(options.patch_size, options.ones))
+    p, codes = options.patch_size, pattern_count(options.patch_size, options.ones)
     t0 = time.perf_counter()
     for site in net.sites[:timed]:
         engine.evaluate({site.index: net.full_mask(site, torch.eye(p, dtype=torch.bool))})

@@ -6,6 +6,9 @@ patterns are never patterns (one predicts nothing, the other could never be chec
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 
 from .errors import CrossneuronError
@@ -76,7 +79,14 @@ def ones_of(code: int) -> int:
 def pattern_codes(p: int, ones: tuple[int, int] | None = None) -> list[int]:
     """Every pattern code for patch size ``p`` with a <= ones <= b, in increasing code order."""
     a, b = check_ones(p, ones)
-    return [c for c in range(1, (1 << (p * p)) - 1) if a <= ones_of(c) <= b]
+    n = p * p
+    return sorted(sum(1 << i for i in bits) for k in range(a, b + 1) for bits in itertools.combinations(range(n), k))
+
+
+def pattern_count(p: int, ones: tuple[int, int] | None = None) -> int:
+    """len(pattern_codes(p, ones)) without enumerating them."""
+    a, b = check_ones(p, ones)
+    return sum(math.comb(p * p, k) for k in range(a, b + 1))
 
 
 def enumerate_patterns(p: int, ones: tuple[int, int] | None = None) -> torch.Tensor:
