@@ -181,7 +181,8 @@ def _same(naive, fast, min_correct):
 def test_fast_engine_records_equal_naive(full_run, ckpt, tmp_path, couple):
     ctx, reference, _ = full_run
     modes = list(MODES) if couple == "none" else ["uniform-layer", "uniform-patch"]  # coupling acts on the layer step
-    options = SearchOptions(modes=modes, couple=couple, **OPTIONS)
+    # the coupled run also refines: its accept/reject decisions must not depend on the engine
+    options = SearchOptions(modes=modes, couple=couple, refine=couple != "none", **OPTIONS)
     if couple == "none":
         naive = _records(reference)
     else:
@@ -190,6 +191,7 @@ def test_fast_engine_records_equal_naive(full_run, ckpt, tmp_path, couple):
     optimize(ctx, options, tmp_path / "fast", engine_name="fast")
     fast = _records(tmp_path / "fast")
     assert fast.keys() == naive.keys()
+    assert (couple == "none") == (not any(k.startswith("refine|") for k in fast))
     base = naive["base|-|None|None|None|None|None"][0]
     min_correct = base - max(OPTIONS["eps"]) * OPTIONS["calib"] / 100
     differ = [k for k in naive if not _same(naive[k], fast[k], min_correct)]

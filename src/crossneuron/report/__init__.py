@@ -41,8 +41,8 @@ def _figures(run: Run, folder: Path) -> list[tuple[str, dict]]:
     if fig is not None:
         out.append(("Per-site breakdown", _save(fig, folder, "per_site")))
     if masks.exists():
-        out.append(("Mask view: every site", _save(figures.masks_by_site(masks, f"{mode}, eps {eps:g}"), folder,
-                                                    "masks_by_site")))  # fmt: skip
+        fig = figures.masks_by_site(masks, f"{mode}, eps {eps:g}", list(best["masks"]))
+        out.append(("Mask view: every site", _save(fig, folder, "masks_by_site")))
         rows = best.get("per_site") or []
         site = max(rows, key=lambda r: r["macs_saved_pct_network"])["name"] if rows else None
         if site:

@@ -49,7 +49,7 @@ def savings_vs_eps(run: Run):
         ax.set_title(f"% {title}", fontsize=10)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    axes[0].legend(fontsize=8, loc="center right")
     fig.suptitle("MACs saved against the accuracy budget")
     fig.tight_layout()
     return fig
@@ -106,13 +106,14 @@ def _mask_image(ax, mask: torch.Tensor, title: str, fontsize=7):
     ax.set_yticks([])
 
 
-def masks_by_site(masks_path: Path, title: str):
-    """Channel 0's mask of every site (white: computed, black: predicted when the rest is zero)."""
+def masks_by_site(masks_path: Path, title: str, order: list[str] | None = None):
+    """Channel 0's mask of every site, in execution order (white: computed, black: predicted when
+    the computed positions are zero)."""
     masks = load_file(str(masks_path))
-    names = list(masks)
+    names = [n for n in (order or []) if n in masks] or list(masks)
     cols = min(6, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.1 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.5 * rows + 0.5), squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
