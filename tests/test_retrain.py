@@ -49,6 +49,9 @@ def test_retrain_writes_a_checkpoint_and_before_after_numbers(searched):
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.output)["accuracy"] == pytest.approx(record["after"]["test"]["accuracy"])
     assert (out / "search" / "summary.json").is_file() and "research" in record
+    # the original masks on the retrained weights: measured, with a note that the weights differ
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out), "--masks", str(result), "--json"])
+    assert cli.exit_code == 0 and "searched on other weights" in cli.stderr
 
 
 def test_retrain_refuses_masks_of_another_model(searched, tmp_path):

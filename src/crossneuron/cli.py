@@ -160,6 +160,9 @@ def _pattern_run(checkpoint_dir, split, patch_size, data_root, device, masks_pat
     from .search.results import full_masks, load_result
 
     data = load_result(masks_path)
+    if data.get("weights_hash") not in (None, ctx.weights_hash):
+        err.print(f"note: {masks_path} was searched on other weights than {checkpoint_dir}'s (e.g. before "
+                  "retraining); measuring these masks on this checkpoint", highlight=False, soft_wrap=True)  # fmt: skip
     net = attach(ctx.model, ctx.spec.input_shape, data["patch_size"])
     return measure(net, ctx.spec, x, y, full_masks(net, data), device=device), ctx.meta
 

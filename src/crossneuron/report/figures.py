@@ -61,15 +61,20 @@ def modes_bars(run: Run):
     modes = run.modes
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(eps) * max(1, len(modes)) / 2), 4))
     width = 0.8 / len(modes)
+    top = 0.0
     for i, mode in enumerate(modes):
         color, _ = _style(mode)
         xs = [k + (i - (len(modes) - 1) / 2) * width for k in range(len(eps))]
         ys = [run.results[mode][e]["macs_saved_pct_network"] if e in run.results[mode] else 0 for e in eps]
         bars = ax.bar(xs, ys, width, color=color, label=mode)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        top = max([top, *ys])
     if run.baseline:
         ax.axhline(run.baseline["test"]["macs_saved_pct_network"], color="black", linestyle=":",
                    label=f"diagonal baseline (drop {run.baseline['test']['drop']:.2f} pts)")  # fmt: skip
+    if run.baseline:
+        top = max(top, run.baseline["test"]["macs_saved_pct_network"])
+    ax.set_ylim(0, 1.35 * top + 1e-9)  # room for the legend above the bars
     ax.set_xticks(range(len(eps)), [f"eps = {e:g}" for e in eps])
     return _finish(fig, ax, "MACs saved (% of network, test split)", "Modes side by side at each accuracy budget")
 
