@@ -4,7 +4,7 @@
         [--retrain-epochs 2] [--write-only] > reproduce.log 2>&1 &
 
 Each study runs real CLI commands (printed and recorded): `optimize` (diagonal baseline included,
-fast engine, `--screen` for the modes below site level, eps 0, 0.5, 1, 3, 5) into
+fast engine, `--refine`, `--screen` for the modes below site level, eps 0, 0.5, 1, 3, 5) into
 runs/reproduce/<study>/, then `retrain` of the best mode's eps-3 masks. Re-running resumes: the
 search's records are in SQLite, retraining has `--resume`, finished steps are skipped.
 `--write-only` only regenerates benchmarks/REPRODUCTION.md from what has finished; missing studies
@@ -45,7 +45,7 @@ def commands(name: str, args) -> tuple[list[str], list[str], Path]:
     ones = "1-2" if p == 2 else "1-4"
     optimize = CLI + ["optimize", "--checkpoint", ckpt, "--out", str(out), "--mode", args.modes, "--engine", "fast",
                       "--patch-size", str(p), "--ones", ones, "--eps", EPS, "--calib", str(args.calib),
-                      "--quiet"]  # fmt: skip
+                      "--refine", "--quiet"]  # fmt: skip
     if any(m != "uniform-layer" for m in args.modes.split(",")):
         optimize.append("--screen")
     if args.data_root:
