@@ -172,7 +172,7 @@ class Search:
             self.store.add_many(self._pending, "screen")
             self._pending = []
 
-    def check_screen(self, mode: str, first: dict[tuple, list[Option]], estimates: list[tuple]) -> None:
+    def check_screen(self, mode: str, estimates: list[tuple]) -> None:
         """Evaluate a fixed random sample of screened first-level estimates exactly; record the proxy's
         rank correlation with exact accuracy and its error."""
         import numpy as np
@@ -252,7 +252,7 @@ class Search:
             self.progress(f"{mode}: first level (screened)", done, total, self.base)
             self.flush()
             ranked.update({t: rank(o, self.base, self.eps, self.o.top_m) for t, o in per_target.items()})
-        self.check_screen(mode, ranked, options)
+        self.check_screen(mode, options)
         return ranked
 
     def quantize_units(
