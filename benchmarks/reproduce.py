@@ -15,28 +15,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [".venv/bin/crossneuron"]  # run from the repository root
+CLI = [".venv/bin/crossneuron"]  # as recorded; run as `<this python> -m crossneuron` (also where no venv is)
 EPS = "0,0.5,1,3,5"
 
 # name: checkpoint, p, the 2019 row (MAC reduction % at eps 0 / 3 / 5; diagonal saving / drop; retrained)
 STUDIES = {
     "resnet18-mnist-p2": ("checkpoints/resnet18-mnist", 2, (17.51, 20.78, 21.01), (16.76, 1.2), None),
-    "resnet18-cifar10-p2": ("checkpoints/resnet18-w0.5-cifar10", 2, (13.69, 25.32, 27.12), (23.5, 3.5), None),
+    "resnet18-cifar10-p2": ("checkpoints/resnet18-cifar10", 2, (13.69, 25.32, 27.12), (23.5, 3.5), None),
     "alexnet-cifar10-p3": ("checkpoints/alexnet-cifar10", 3, (27.15, 31.24, 33.5), (34.02, 14.1),
                            "27.16 / 35.79 / 37.2, and 47.77 at 75.3% accuracy"),  # fmt: skip
     "alexnet-cifar10-p2": ("checkpoints/alexnet-cifar10", 2, (8.91, 23.4, 23.53), (24.9, 13.2), None),
 }
 
 
-def run(cmd: list[str]) -> None:
+def machine(device: str) -> str:
+    import torch
+
+    where = f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    if device.startswith("cuda"):
+        where = f"{torch.cuda.get_device_name()} ({device}), " + where
+    return where
+
+
+def run(cmd: list[str], out: Path, step: str, device: str) -> None:
+    """Run one CLI command; record it, the machine and the wall time in ``out``/commands.json."""
     print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "crossneuron", *cmd[len(CLI):]], check=True, cwd=ROOT)
+    log = ROOT / out / "commands.json"
+    done = json.loads(log.read_text()) if log.exists() else {}
+    done[step] = {"command": shlex.join(cmd), "machine": machine(device), "seconds": round(time.time() - t0, 1),
+                  "date": time.strftime("%Y-%m-%d", time.gmtime())}  # fmt: skip
+    log.write_text(json.dumps(done, indent=2) + "\n")
 
 
 def commands(name: str, args) -> tuple[list[str], list[str], Path]:
@@ -50,6 +68,8 @@ def commands(name: str, args) -> tuple[list[str], list[str], Path]:
         optimize.append("--screen")
     if args.data_root:
         optimize += ["--data-root", args.data_root]
+    if args.device != "cpu":
+        optimize += ["--device", args.device]
     return optimize, [], out
 
 
@@ -64,7 +84,7 @@ def study(name: str, args) -> None:
         return
     optimize, _, out = commands(name, args)
     if not (ROOT / out / "summary.json").exists():
-        run(optimize)
+        run(optimize, out, "optimize", args.device)
     summary = json.loads((ROOT / out / "summary.json").read_text())
     mode = best_mode(summary, "3")
     retrained = out / f"retrain-{mode}-eps-3"
@@ -76,7 +96,9 @@ def study(name: str, args) -> None:
             cmd.append("--resume")
         if args.data_root:
             cmd += ["--data-root", args.data_root]
-        run(cmd)
+        if args.device != "cpu":
+            cmd += ["--device", args.device]
+        run(cmd, out, "retrain", args.device)
 
 
 def _f(v) -> str:
@@ -135,7 +157,12 @@ def write(args) -> None:
                       "as saved (the 2019 figure counted it), the masks are chosen on val images and measured on "
                       "other (test) images, and accuracies differ from theirs (model trained here: "
                       f"{b['base_accuracy']:.2f}%)."]  # fmt: skip
-        lines += ["", f"command: `{shlex.join(optimize)}`", ""]
+        log = ROOT / out / "commands.json"
+        done = json.loads(log.read_text()) if log.exists() else {"optimize": {"command": shlex.join(optimize)}}
+        for step, info in done.items():
+            where = f" ({info['machine']}, {info['seconds']:,.0f} s, {info['date']})" if "machine" in info else ""
+            lines += ["", f"{step}: `{info['command']}`{where}"]
+        lines += [""]
     (ROOT / "benchmarks" / "REPRODUCTION.md").write_text("\n".join(lines) + "\n")
     print("wrote benchmarks/REPRODUCTION.md")
 
@@ -147,6 +174,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=1000)
     ap.add_argument("--retrain-epochs", type=int, default=2)
     ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     ap.add_argument("--write-only", action="store_true")
     args = ap.parse_args()
     if not args.write_only:

@@ -18,4 +18,5 @@ run resnet18-w0.25-fashion-mnist --model resnet18 --width 0.25 --dataset fashion
 run resnet18-mnist --model resnet18 --dataset mnist --epochs 1 --batch-size 128 --lr 0.05
 run resnet18-fashion-mnist --model resnet18 --dataset fashion-mnist --epochs 1 --batch-size 128 --lr 0.05
 run alexnet-cifar10 --model alexnet --dataset cifar10 --epochs 10 --batch-size 128 --lr 0.02
-run resnet18-w0.5-cifar10 --model resnet18 --width 0.5 --dataset cifar10 --epochs 10 --batch-size 128 --lr 0.05
+# trained on a lent GPU (scripts/device/train_cifar.sh); pass DEVICE=cuda where one is local
+run resnet18-cifar10 --model resnet18 --dataset cifar10 --epochs 40 --batch-size 128 --lr 0.1 --device "${DEVICE:-cpu}"

@@ -114,6 +114,8 @@ def train(
     write_json(config_path, asdict(cfg))
 
     torch.manual_seed(cfg.seed)
+    if str(cfg.device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     model = build_model(cfg.model, spec.num_classes, spec.input_shape, cfg.width)
     if cfg.weights:
         load_pretrained(model, cfg.model, cfg.weights)
