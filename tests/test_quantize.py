@@ -129,6 +129,32 @@ def test_forward_quantize_keeps_only_moves_within_each_eps_and_warm_starts():
     assert best_2.result.macs_saved == 150 and best_2.positions == (1, 0)
 
 
+def test_forward_quantize_continues_from_a_seed_only_where_it_is_within_and_better():
+    from crossneuron.search.quantize import forward_quantize
+
+    options = {0: [opt(1, 880, 100), opt(2, 898, 60)], 1: [opt(3, 890, 90), opt(4, 899, 40)]}
+    table = {(s, o.plan): (900 - o.result.correct, o.result.macs_saved) for s, opts in options.items() for o in opts}
+    calls = []
+
+    def evaluate(plans, step, eps):
+        calls.append(dict(plans))
+        lost = sum(table[(s, plan)][0] for s, plan in plans.items()) * 1.5
+        return EvalResult(900 - int(lost), 1000, sum(table[(s, plan)][1] for s, plan in plans.items()), 0)
+
+    # seed: options 2 and 3 (150 MACs, 18 images = 1.8 points lost): outside eps 0.5, within eps 2
+    steps = forward_quantize([[0], [1]], options, BASE, evaluate, [0.5, 2.0], start=3, seed={0: 1, 1: 0})
+    assert steps[0].step == 3 and steps[0].moved is None and steps[0].positions == (1, 0)
+    # eps 0.5 runs as without a seed; eps 2 continues from the seed (150 > 100): site 0 -> option 1 rejected
+    assert [t.positions for t in steps[1:]] == [(2, 1), (1, 1), (1, 0), (0, 1), (0, 0)]
+    assert pick(steps, BASE, 2.0).result.macs_saved == 150
+    assert pick(steps, BASE, 0.5).result.macs_saved == 100
+    # a seed outside every eps is evaluated once and never continued from
+    calls.clear()
+    steps = forward_quantize([[0], [1]], options, BASE, evaluate, [0.5, 2.0], seed={0: 0, 1: 0})
+    assert steps[0].positions == (0, 0) and not any(t.positions == (0, 0) for t in steps[1:-1])
+    assert [t.positions for t in steps[1:]] == [(2, 1), (1, 1), (1, 0), (0, 1), (1, 0), (0, 0)]
+
+
 def test_pick_never_takes_a_step_cut_short():
     from crossneuron.search.quantize import Step
 

@@ -188,8 +188,18 @@ def test_fast_engine_records_equal_naive(full_run, ckpt, tmp_path, couple):
     else:
         optimize(ctx, options, tmp_path / "naive")
         naive = _records(tmp_path / "naive")
-    optimize(ctx, options, tmp_path / "fast", engine_name="fast")
+    summary = optimize(ctx, options, tmp_path / "fast", engine_name="fast")
     fast = _records(tmp_path / "fast")
+    if options.refine:  # refine starts from the diagonal: never below it at the diagonal's calibration drop
+        diagonal = summary["baseline"]["calib"]["macs_saved_pct_network"]
+        assert diagonal > 0
+        for info in summary["modes"].values():
+            assert info["at_baseline"]["calib_macs_saved_pct_network"] >= diagonal - 1e-9
+            assert info["at_baseline"]["calib_drop"] <= summary["baseline"]["calib"]["drop"] + 1e-9
+        db = sqlite3.connect(tmp_path / "fast" / "records.sqlite")
+        (diagonal_config,) = db.execute("SELECT config FROM evals WHERE stage = 'baseline'").fetchone()
+        seeded = db.execute("SELECT DISTINCT mode FROM evals WHERE stage = 'refine' AND config = ?", (diagonal_config,))
+        assert {m for (m,) in seeded} == set(modes)  # every mode's refine began with the diagonal
     assert fast.keys() == naive.keys()
     assert (couple == "none") == (not any(k.startswith("refine|") for k in fast))
     base = naive["base|-|None|None|None|None|None"][0]

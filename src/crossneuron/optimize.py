@@ -88,12 +88,17 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
     return out
 
 
+def diagonal_plans(net, p: int) -> dict:
+    """The 2018 diagonal pattern at every site, as search plans."""
+    code = pattern_to_code(diagonal(p))
+    return {s.index: (Piece(None, None, code),) for s in net.sites}
+
+
 def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, x_test, y_test) -> dict:
     """The 2018 diagonal pattern at every site: on the calibration images (a memoised evaluation)
     and on the test split."""
     p = options.patch_size
-    code = pattern_to_code(diagonal(p))
-    plans = {s.index: (Piece(None, None, code),) for s in search.net.sites}
+    plans = diagonal_plans(search.net, p)
     calib = search.evaluate(Where("baseline", "-"), plans)
     test = measure(test_net, ctx.spec, x_test, y_test, {s.index: diagonal(p) for s in test_net.sites},
                    options.batch_size, ctx.device)  # fmt: skip
@@ -131,6 +136,10 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
     test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
     baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
     write_json(out / "baseline.json", baseline)
+    if options.refine:  # refine starts from the diagonal where that is better, and searches at its drop
+        search.seed_plans = diagonal_plans(net, options.patch_size)
+        drop = max(0.0, baseline["calib"]["drop"])
+        search.extra_eps = [drop] if drop <= max(options.eps) else []
     summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "baseline": baseline, "modes": {}}
     common = {
         "checkpoint": identity["checkpoint"],
@@ -167,7 +176,7 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
         })  # fmt: skip
         write_result(folder / "result.json", data)
         export_masks(folder / "masks.safetensors", net, masks)
-        keys = ("eps", "calib_accuracy", "calib_drop", "test_accuracy", "test_drop", "macs_saved_pct_network",
+        keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop", "macs_saved_pct_network",
                 "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
         return {k: data[k] for k in keys}
 

@@ -111,6 +111,7 @@ def forward_quantize(
     evaluate: Callable[[dict[int, SitePlan], int, float], EvalResult],
     eps_list: Sequence[float],
     start: int = 0,
+    seed: dict[int, int] | None = None,
 ) -> list[Step]:
     """The ``refine`` stage (not in SPEC 6; opt-in): a forward greedy with joint acceptance.
 
@@ -120,7 +121,11 @@ def forward_quantize(
     within that epsilon, else undo it and freeze the unit; until every unit is frozen or at its
     first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
     Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
-    (``evaluate(plans, step, eps)`` may cut them short against ``eps``)."""
+    (``evaluate(plans, step, eps)`` may cut them short against ``eps``).
+
+    ``seed``: a known configuration (per site, an index into ``options``; e.g. the 2018 diagonal mask
+    everywhere), evaluated first (against the largest epsilon); at each epsilon where it is within and
+    saves more than the configuration reached so far, the greedy continues from it instead."""
     sites = sorted({s for unit in units for s in unit})
     pos = {s: len(options[s]) for s in sites}  # len = none
 
@@ -131,8 +136,19 @@ def forward_quantize(
         return {s: options[s][pos[s]].plan for s in sites if pos[s] < len(options[s])}
 
     trajectory: list[Step] = []
+    current, seeded = base, None
+    if seed is not None:
+        saved = dict(pos)
+        pos.update(seed)
+        seeded = evaluate(plans(), start, max(eps_list))
+        trajectory.append(Step(start, None, tuple(pos[s] for s in sites), seeded, "refine"))
+        pos.update(saved)
     for eps in sorted(eps_list):
         frozen: set[int] = set()
+        if (seeded is not None and not seeded.cut_short and within(seeded, base, eps)
+                and seeded.macs_saved > current.macs_saved):  # fmt: skip
+            pos.update(seed)
+            current, seeded = seeded, None
         while True:
             best, best_ratio = None, None
             for u, unit in enumerate(units):
@@ -153,7 +169,9 @@ def forward_quantize(
             step = start + len(trajectory)
             result = evaluate(plans(), step, eps)
             trajectory.append(Step(step, best, tuple(pos[s] for s in sites), result, "refine"))
-            if not within(result, base, eps):
+            if within(result, base, eps):
+                current = result
+            else:
                 pos.update(before)
                 frozen.add(best)
     return trajectory

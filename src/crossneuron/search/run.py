@@ -125,6 +125,10 @@ class Search:
             self.screener = Screen(net, engine.batches, self.codes, self.sides)
         self.screen_checks: dict[str, dict] = {}
         self._pending: list = []
+        # refine only: a known configuration to start from where it is better (optimize sets the 2018
+        # diagonal mask everywhere) and budgets searched besides options.eps (the diagonal's drop)
+        self.seed_plans: dict[int, SitePlan] | None = None
+        self.extra_eps: list[float] = []
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False,
@@ -316,8 +320,28 @@ class Search:
                 self.progress(f"{mode}: refine", step + 1 - len(trajectory), total, result)
                 return result
 
-            trajectory += forward_quantize(units, options, self.base, evaluate_refine, self.o.eps, len(trajectory))
+            refine_options, seed = self._with_seed(mode, options) if self.seed_plans else (options, None)
+            eps_list = sorted(set(self.o.eps) | set(self.extra_eps))
+            trajectory += forward_quantize(units, refine_options, self.base, evaluate_refine, eps_list,
+                                           len(trajectory), seed)  # fmt: skip
         return ModeResult(mode, options, units, trajectory, plans_by_step, self.screen_checks.get(mode))
+
+
+    def _with_seed(self, mode: str, options: dict[int, list[Option]]) -> tuple[dict, dict[int, int]]:
+        """Each site's options with the seed's plan among them (evaluated alone where it is not, and
+        placed by MACs saved), and the seed as an index into each list."""
+        out, seed = {}, {}
+        for site, opts in options.items():
+            plan = self.seed_plans[site]
+            index = next((k for k, o in enumerate(opts) if o.plan == plan), None)
+            if index is None:
+                option = Option(plan, self.evaluate(Where("seed", mode, site=site), {site: plan}))
+                key = (-option.result.macs_saved, -option.result.correct)
+                index = next((k for k, o in enumerate(opts) if (-o.result.macs_saved, -o.result.correct) > key),
+                             len(opts))  # fmt: skip
+                opts = [*opts[:index], option, *opts[index:]]
+            out[site], seed[site] = opts, index
+        return out, seed
 
 
 def run_search(net, engine, store, options: SearchOptions, progress=None) -> tuple[EvalResult, dict[str, ModeResult]]:
