@@ -176,8 +176,8 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
         })  # fmt: skip
         write_result(folder / "result.json", data)
         export_masks(folder / "masks.safetensors", net, masks)
-        keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop", "macs_saved_pct_network",
-                "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
+        keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop",
+                "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
         return {k: data[k] for k in keys}
 
     for mode in options.modes:

@@ -140,9 +140,14 @@ class Screen:
             delta, macs, wrong = delta + d, macs + m, wrong + w
         return EvalResult(self.correct(delta), len(self.margin), macs, wrong, estimated=True)
 
+    def hits(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per image (first dimension; more may follow): images the candidate does not move keep their
+        base hit, the others are right when their estimated margin stays positive."""
+        shape = (-1,) + (1,) * (delta.dim() - 1)
+        return torch.where(delta == 0, self.base_hit.view(shape), self.margin.view(shape) + delta > 0)
+
     def correct(self, delta: torch.Tensor) -> int:
-        hit = torch.where(delta == 0, self.base_hit, self.margin + delta > 0)
-        return int(hit.sum())
+        return int(self.hits(delta).sum())
 
     def first_level(self, site: int, by_channel: bool, by_block: bool) -> dict[tuple, EvalResult]:
         """Every first-level target of one site at once: (channel|None, block|None, code) -> estimate."""
@@ -155,8 +160,7 @@ class Screen:
                 delta, macs, wrong = delta.sum(1, keepdim=True), macs.sum(0, keepdim=True), wrong.sum(0, keepdim=True)
             if not by_block:
                 delta, macs, wrong = delta.sum(2, keepdim=True), macs.sum(1, keepdim=True), wrong.sum(1, keepdim=True)
-            margin, base = self.margin[:, None, None], self.base_hit[:, None, None]
-            correct = torch.where(delta == 0, base, margin + delta > 0).sum(0)
+            correct = self.hits(delta).sum(0)
             for c in range(correct.shape[0]):
                 for b in range(correct.shape[1]):
                     key = (c if by_channel else None, b if by_block else None, code)
