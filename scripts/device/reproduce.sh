@@ -5,15 +5,16 @@
 #   scripts/device/reproduce.sh SECONDS_FOR_MNIST SECONDS_FOR_CIFAR
 set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-mkdir -p /tmp/cndata ../shared/data
+mkdir -p /tmp/cndata
 if compgen -G ".xfer/*" > /dev/null; then mv .xfer/* /tmp/cndata/; fi
-cat /tmp/cndata/cifar10.npz.part-* > ../shared/data/cifar10.npz
-cp /tmp/cndata/mnist.npz ../shared/data/
-(cd ../shared/data && sha256sum -c <<SUMS
-eed5c1412c9590dd9aaf777cd68d9ccb3baebf3072e4ed905a10357103efe85c  cifar10.npz
-094b831e432331f1f6d6829ab9bfff4551410a81e1f816c9cce482d3e9b3ba57  mnist.npz
-SUMS
-) || exit 1
+sums="eed5c1412c9590dd9aaf777cd68d9ccb3baebf3072e4ed905a10357103efe85c  cifar10.npz
+094b831e432331f1f6d6829ab9bfff4551410a81e1f816c9cce482d3e9b3ba57  mnist.npz"
+if ! (cd ../shared/data 2>/dev/null && echo "$sums" | sha256sum -c --status); then  # never rewrite good copies
+  mkdir -p ../shared/data
+  cat /tmp/cndata/cifar10.npz.part-* > ../shared/data/cifar10.npz
+  cp /tmp/cndata/mnist.npz ../shared/data/
+fi
+(cd ../shared/data && echo "$sums" | sha256sum -c) || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 i=0
 for study in resnet18-mnist-p2 resnet18-cifar10-p2; do
