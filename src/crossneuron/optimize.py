@@ -136,10 +136,9 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
     test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
     baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
     write_json(out / "baseline.json", baseline)
-    if options.refine:  # refine starts from the diagonal where that is better, and searches at its drop
+    if options.refine:  # a second refine pass from the diagonal, at the diagonal's calibration drop
         search.seed_plans = diagonal_plans(net, options.patch_size)
-        drop = max(0.0, baseline["calib"]["drop"])
-        search.extra_eps = [drop] if drop <= max(options.eps) else []
+        search.seed_eps = [max(0.0, baseline["calib"]["drop"])]
     summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "baseline": baseline, "modes": {}}
     common = {
         "checkpoint": identity["checkpoint"],

@@ -125,10 +125,10 @@ class Search:
             self.screener = Screen(net, engine.batches, self.codes, self.sides)
         self.screen_checks: dict[str, dict] = {}
         self._pending: list = []
-        # refine only: a known configuration to start from where it is better (optimize sets the 2018
-        # diagonal mask everywhere) and budgets searched besides options.eps (the diagonal's drop)
+        # refine only: a second, seeded pass from a known configuration (optimize sets the 2018 diagonal
+        # mask everywhere) at its own budgets (the diagonal's calibration drop); the first pass is unchanged
         self.seed_plans: dict[int, SitePlan] | None = None
-        self.extra_eps: list[float] = []
+        self.seed_eps: list[float] = []
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False,
@@ -320,10 +320,11 @@ class Search:
                 self.progress(f"{mode}: refine", step + 1 - len(trajectory), total, result)
                 return result
 
-            refine_options, seed = self._with_seed(mode, options) if self.seed_plans else (options, None)
-            eps_list = sorted(set(self.o.eps) | set(self.extra_eps))
-            trajectory += forward_quantize(units, refine_options, self.base, evaluate_refine, eps_list,
-                                           len(trajectory), seed)  # fmt: skip
+            trajectory += forward_quantize(units, options, self.base, evaluate_refine, self.o.eps, len(trajectory))
+            if self.seed_plans:  # a separate pass: a seed adopted early can trap the greedy (measured)
+                seeded, seed = self._with_seed(mode, options)
+                trajectory += forward_quantize(units, seeded, self.base, evaluate_refine,
+                                               self.seed_eps or [max(self.o.eps)], len(trajectory), seed)  # fmt: skip
         return ModeResult(mode, options, units, trajectory, plans_by_step, self.screen_checks.get(mode))
 
 
