@@ -170,8 +170,8 @@ def write(args) -> None:
                       f"{b['macs_saved_pct_network']:.2f}%): the budget is the diagonal's calibration drop, and masks "
                       "chosen among thousands of configurations on 1,000 calibration images lose more on test than "
                       "there (the diagonal is fixed, not chosen)"
-                      + ("; this search predates 0.2.0, whose refine starts from the diagonal." if
-                         searched_with(ROOT / out) == "0.1.0" else ".")]  # fmt: skip
+                      + ("; this search predates 0.2.1, whose refine adds a pass from the diagonal." if
+                         searched_with(ROOT / out) in ("0.1.0", "0.2.0") else ".")]  # fmt: skip
         ours3 = max(info["eps"]["3"]["macs_saved_pct_sites"] for info in s["modes"].values())
         if ours3 < row[1]:
             lines += ["", f"Ours is lower at eps 3 ({ours3:.2f}% of sites against {row[1]}): padding is never counted "
