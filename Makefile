@@ -40,14 +40,17 @@ browser:
 	  fi; \
 	fi
 
+# one folder per version: a rerun resumes, and an upgrade never meets a search database it must refuse
+DEMO_OUT := runs/demo-$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
 demo: venv data
 	@test -f $(DEMO_CKPT)/meta.json || $(BIN)/crossneuron train --model resnet18 --width 0.25 \
 	  --dataset fashion-mnist --epochs 8 --batch-size 128 --lr 0.05 --out $(DEMO_CKPT) $(QUIET)
 	$(BIN)/crossneuron sites --model resnet18 --width 0.25 --input-shape 1,28,28 --num-classes 10
 	$(BIN)/crossneuron baseline --checkpoint $(DEMO_CKPT) --patch-size 2
-	$(BIN)/crossneuron optimize --checkpoint $(DEMO_CKPT) --out runs/demo --mode uniform-layer,uniform-patch \
+	$(BIN)/crossneuron optimize --checkpoint $(DEMO_CKPT) --out $(DEMO_OUT) --mode uniform-layer,uniform-patch \
 	  --screen --refine --engine fast --patch-size 2 --ones 1-2 --eps 0,0.5,1,3 --calib 1000 $(QUIET)
-	$(BIN)/crossneuron report runs/demo
+	$(BIN)/crossneuron report $(DEMO_OUT)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
