@@ -1,7 +1,7 @@
 """Search speed: engines side by side on one checkpoint, in one process (issue 5, parts a and b).
 
     .venv/bin/python benchmarks/search_speed.py --checkpoint checkpoints/resnet18-w0.25-fashion-mnist \\
-        [--mode uniform-layer] [--calib 1000] [--ones 1-2] [--engines naive,fast] [--targets 200]
+        [--mode uniform-layer] [--calib 1000] [--ones 1-2] [--engines naive,fast] [--targets 200] [--device cuda]
 
 Part a (default): runs the complete search (all stages of the mode, calibration images only: the test-split
 measurement afterwards is the same for every engine and is left out) with each engine into a
@@ -30,6 +30,11 @@ from crossneuron.search.run import Search, SearchOptions
 from crossneuron.search.store import Store
 
 
+def machine(device: str) -> str:
+    where = f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    return f"{where}, {torch.cuda.get_device_name()}" if device.startswith("cuda") else where
+
+
 def records(folder: Path) -> dict:
     db = sqlite3.connect(folder / "records.sqlite")
     rows = db.execute("SELECT key, correct, images, macs_saved, mispredicted, cut_short FROM evals").fetchall()
@@ -54,11 +59,12 @@ def main() -> None:
     ap.add_argument("--engines", default="naive,fast")
     ap.add_argument("--targets", type=int, default=0, help="part b: this many random max-granularity targets")
     ap.add_argument("--gt", type=float, default=10.0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the net and the images are")
     args = ap.parse_args()
     if args.targets:
         return part_b(args)
     a, b = (int(v) for v in args.ones.split("-"))
-    ctx = open_checkpoint(args.checkpoint, args.data_root)
+    ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
     options = dict(modes=args.mode.split(","), patch_size=args.patch_size, ones=(a, b), calib=args.calib)
     times, recs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +84,7 @@ def main() -> None:
     ref = recs[names[0]]
     base = ref["base|-|None|None|None|None|None"][0]
     min_correct = base - max(SearchOptions().eps) * args.calib / 100
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine(args.device))
     print(f"checkpoint {args.checkpoint}, mode {args.mode}, calib {args.calib}, p {args.patch_size}, ones {args.ones}")
     for name in names[1:]:
         other = recs[name]
@@ -100,7 +106,7 @@ def part_b(args) -> None:
     from crossneuron.search.plan import Piece, block_grid, block_side, full_mask
 
     a, b = (int(v) for v in args.ones.split("-"))
-    ctx = open_checkpoint(args.checkpoint, args.data_root)
+    ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
     opts = SearchOptions(modes=["max-granularity"], patch_size=args.patch_size, ones=(a, b), calib=args.calib,
                          gt=args.gt)  # fmt: skip
     opts.check(len(ctx.split.val))
@@ -131,7 +137,7 @@ def part_b(args) -> None:
             times[name] += time.perf_counter() - t0
             results[name].append((r.correct, r.macs_saved, r.mispredicted))
     names = list(engines)
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine(args.device))
     print(f"checkpoint {args.checkpoint}, max-granularity first level, {args.targets} random targets, "
           f"calib {args.calib}, p {p}, ones {args.ones}, GT {args.gt:g}")  # fmt: skip
     for name in names:

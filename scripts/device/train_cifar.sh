@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
-# On a lent GPU (device tool): assemble ../shared/data/cifar10.npz from byte-exact parts carried over
-# in earlier calls (kept in /tmp/cndata on the warm machine, or in .xfer/ now), check its SHA-256, then
+# On a lent GPU (device tool): with the data from unpack.sh (CIFAR-10 in parts over several calls), run
 #   crossneuron train --model resnet18 --dataset cifar10 --epochs EPOCHS --lr 0.1 --device cuda
 # and put the checkpoint (weights split in 15 MiB parts: the tool returns files of 16 MiB at most) in $OUT.
 #   scripts/device/train_cifar.sh EPOCHS
 set -euo pipefail
 epochs=$1
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-mkdir -p /tmp/cndata
-if compgen -G ".xfer/*" > /dev/null; then mv .xfer/* /tmp/cndata/; fi
+source scripts/device/unpack.sh
 root=../shared/data
-sum="eed5c1412c9590dd9aaf777cd68d9ccb3baebf3072e4ed905a10357103efe85c  $root/cifar10.npz"
-if ! echo "$sum" | sha256sum -c --status 2>/dev/null; then  # never rewrite a good copy (a shared folder)
-  mkdir -p "$root" && cat /tmp/cndata/cifar10.npz.part-* > "$root/cifar10.npz"
-fi
-echo "$sum" | sha256sum -c
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 out=checkpoints/resnet18-cifar10
 rm -rf "$out"
