@@ -332,3 +332,61 @@ def test_spearman_against_hand_values():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)  # ties: average ranks
     assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # nan: constant side
+
+
+def test_every_count_is_measured_in_full_fp32_and_the_setting_is_restored(ckpt):
+    """cuDNN may run fp32 convolutions in TF32 by default; engines, the screen and evaluation turn it
+    off while they run (a TF32 evaluation differs with batching) and restore the user's setting."""
+    from crossneuron.precision import full_fp32, tf32_convolutions
+    from crossneuron.search.plan import block_side
+    from crossneuron.search.screen import Screen
+
+    assert tf32_convolutions()  # PyTorch's default, which measurements must not inherit
+    naive, fast = _engines(ckpt, 60, 30)
+    seen = []
+    conv = next(m for m in naive.net.modules() if isinstance(m, torch.nn.Conv2d))  # shared by both nets
+    hook = conv.register_forward_hook(lambda *_: seen.append(tf32_convolutions()))
+    try:
+        mask = {0: torch.zeros_like(naive.net.spatial(0).mask)}
+        naive.evaluate(mask), fast.evaluate(mask)
+        ctx = open_checkpoint(ckpt)
+        x, y, _ = calibration(ctx, 60, 0)
+        measure(naive.net, ctx.spec, x, y, {})
+        Screen(
+            naive.net, naive.batches, [1], {s.index: block_side(s.shape[1], s.shape[2], 2, 4) for s in naive.net.sites}
+        )
+    finally:
+        hook.remove()
+    assert seen and not any(seen) and tf32_convolutions()
+    with pytest.raises(ValueError), full_fp32():  # restored on the way out of an error too
+        raise ValueError
+    assert tf32_convolutions()
+
+
+def test_site_wide_options_join_a_finer_modes_lists(ckpt, tmp_path):
+    """--site-wide: each site's list holds its quantized options and uniform-layer's (those within
+    eps), ranked together; the whole-site records are uniform-layer's first-level ones."""
+    from crossneuron.optimize import make_engine
+    from crossneuron.search.quantize import within
+    from crossneuron.search.run import Search
+    from crossneuron.search.store import Store
+
+    ctx = open_checkpoint(ckpt)
+    opts = SearchOptions(modes=["uniform-filters"], site_wide=True, **{**OPTIONS, "ones": (1, 2)})
+    net, engine, _ = make_engine("naive", ctx, opts)
+    search = Search(net, engine, Store(tmp_path / "records.sqlite", {"test": 1}), opts)
+    plain = search._quantized_options("uniform-filters")
+    merged = search.site_options("uniform-filters")
+    whole_count = 0
+    for site, options in merged.items():
+        whole = [o for o in options if o.plan[0].channel is None and o.plan[0].block is None]
+        alone = [o for o in search.whole_site("uniform-filters", site) if within(o.result, search.base, search.eps)]
+        assert sorted(o.plan for o in whole) == sorted(o.plan for o in alone)
+        assert len(options) == len(plain[site]) + len(whole)
+        assert [o.result.macs_saved for o in options] == sorted((o.result.macs_saved for o in options), reverse=True)
+        whole_count += len(whole)
+    assert whole_count > 0
+    rows = sqlite3.connect(tmp_path / "records.sqlite").execute(
+        "SELECT count(*) FROM evals WHERE key LIKE 'first|uniform-layer|%'"
+    )
+    assert rows.fetchone()[0] == len(net.sites) * len(search.codes)

@@ -256,6 +256,9 @@ def optimize(
     refine: Annotated[
         bool, typer.Option(help="after the layer quantizer, a forward greedy that keeps only moves within each eps")
     ] = False,
+    site_wide: Annotated[
+        bool, typer.Option(help="finer modes also offer each site's uniform-layer options (exact, site level)")
+    ] = False,
     batch_size: int = 500,
     seed: int = 0,
     data_root: DataRoot = None,
@@ -275,7 +278,7 @@ def optimize(
     options = SearchOptions(modes=modes, patch_size=patch_size, ones=_ones(ones), gt=gt, eps=_floats(eps, "--eps"),
                             top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple,
                             screen=screen, screen_band=screen_band, screen_check=screen_check,
-                            refine=refine)  # fmt: skip
+                            refine=refine, site_wide=site_wide)  # fmt: skip
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:

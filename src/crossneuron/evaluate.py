@@ -10,9 +10,11 @@ from torch import nn
 from .data import DatasetSpec
 from .net import attach
 from .patterns import diagonal
+from .precision import full_fp32
 from .splits import batches
 
 
+@full_fp32()
 @torch.inference_mode()
 def correct_count(model: nn.Module, x, y, spec: DatasetSpec, batch_size: int = 500, device="cpu") -> int:
     """Number of images of (x, y) whose top-1 prediction is right."""

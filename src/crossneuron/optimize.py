@@ -81,7 +81,12 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
             stages["first"] = sum(s.shape[0] * blocks[s.index] for s in net.sites) * codes
             stages["patch (at most)"] = chans * codes
             stages["channel (at most)"] = len(net.sites) * codes
-        stages["layer (at most)"] = len(net.sites) * codes + 1
+        if options.site_wide and mode != "uniform-layer":
+            stages["site-wide"] = len(net.sites) * codes
+            codes_at_site = 2 * codes  # each site's list may hold both kinds
+        else:
+            codes_at_site = codes
+        stages["layer (at most)"] = len(net.sites) * codes_at_site + 1
         total = sum(stages.values())
         out[mode] = {"evaluations": stages, "total_at_most": total, "seconds_per_evaluation": per_eval,
                      "estimated_hours_at_most": total * per_eval / 3600}  # fmt: skip

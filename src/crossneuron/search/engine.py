@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..net import PredictiveNet
+from ..precision import full_fp32
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class NaiveEngine:
             self.net.set_mask(site.index, masks.get(site.index))
         return self.net
 
+    @full_fp32()
     @torch.inference_mode()
     def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
         """``min_correct``: an engine may stop early once fewer are certain (naive never does)."""

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from ..net import PredictiveNet
+from ..precision import full_fp32
 from .engine import EvalResult, NaiveEngine
 
 SPATIAL_PREFIX = "crossneuron_spatial."
@@ -83,6 +84,7 @@ class FastEngine(NaiveEngine):
         for s in net.sites:  # the search reads MACs saved and mispredictions, never the oracle
             net.spatial(s).count_zeros = False
 
+    @full_fp32()
     @torch.inference_mode()
     def _sizes(self, x) -> dict[str, int]:
         cap = _Capture(self.net.graph_module, {n.name for n in self.net.graph_module.graph.nodes})
@@ -94,6 +96,7 @@ class FastEngine(NaiveEngine):
         for s in self.net.sites:
             self.net.enable(s, on)
 
+    @full_fp32()
     @torch.inference_mode()
     def _capture(self, wanted: set[str]) -> dict[str, torch.Tensor]:
         self._all_sites(False)
@@ -115,6 +118,7 @@ class FastEngine(NaiveEngine):
         self.base_wrong_after = torch.cat([wrong.flip(0).cumsum(0).flip(0), wrong.new_zeros(1)]).cpu()
         return hits
 
+    @full_fp32()
     @torch.inference_mode()
     def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
         t0 = time.perf_counter()

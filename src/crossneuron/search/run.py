@@ -36,6 +36,7 @@ class SearchOptions:
     screen_band: float = 1.0  # points around the largest epsilon where a screened estimate is re-evaluated
     screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
     refine: bool = False  # after the layer quantizer, a forward greedy with joint acceptance per eps
+    site_wide: bool = False  # finer modes also offer each site's uniform-layer options (exact, site level)
 
     def check(self, val_size: int | None = None) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -280,6 +281,27 @@ class Search:
         return out
 
     def site_options(self, mode: str) -> dict[int, list[Option]]:
+        """Each site's ranked options for the layer quantizer; with ``site_wide``, a finer mode's lists
+        also hold uniform-layer's (its space contains them, its bottom-up quantizers rarely build them)."""
+        options = self._quantized_options(mode)
+        if self.o.site_wide and mode != "uniform-layer":
+            options = {s: rank([*o, *self.whole_site(mode, s)], self.base, self.eps, self.o.top_m)
+                       for s, o in options.items()}  # fmt: skip
+        return options
+
+    def whole_site(self, mode: str, site: int) -> list[Option]:
+        """Every pattern tiled over the whole site, evaluated exactly with only that site predicting
+        (uniform-layer's first level: the same records when that mode ran in this search)."""
+        opts = []
+        for k, code in enumerate(self.codes):
+            plan = (Piece(None, None, code),)
+            result = self.evaluate(Where("first", "uniform-layer", site, None, None, pattern=code), {site: plan},
+                                   may_cut=True)  # fmt: skip
+            opts.append(Option(plan, result))
+            self.progress(f"{mode}: site-wide options", k + 1, len(self.codes), result)
+        return opts
+
+    def _quantized_options(self, mode: str) -> dict[int, list[Option]]:
         first = self.first_level(mode)
         sites = [s.index for s in self.net.sites]
         if mode == "uniform-layer":
@@ -326,7 +348,6 @@ class Search:
                 trajectory += forward_quantize(units, seeded, self.base, evaluate_refine,
                                                self.seed_eps or [max(self.o.eps)], len(trajectory), seed)  # fmt: skip
         return ModeResult(mode, options, units, trajectory, plans_by_step, self.screen_checks.get(mode))
-
 
     def _with_seed(self, mode: str, options: dict[int, list[Option]]) -> tuple[dict, dict[int, int]]:
         """Each site's options with the seed's plan among them (evaluated alone where it is not, and

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..net import PredictiveNet
 from ..patterns import code_to_pattern
+from ..precision import full_fp32
 from .engine import EvalResult
 from .plan import SitePlan
 
@@ -70,6 +71,7 @@ class Screen:
             for k, v in parts.items()
         }
 
+    @full_fp32()
     def _pass(self, x: torch.Tensor, y: torch.Tensor):
         net = self.net
         for s in net.sites:
