@@ -118,6 +118,29 @@ def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def overview(args) -> list[str]:
+    """One line per finished study: 2019 against our best mode per eps (test split, % of sites, the 2019
+    denominator) and the diagonal, both measured the same way here."""
+    lines = ["| study | 2019 eps 0 / 3 / 5 | ours, best mode: eps 0 / 3 / 5 (% sites, test drop) "
+             "| diagonal: 2019 / ours (saving, drop) | ours retrained |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, (_, _, row, base, _) in STUDIES.items():
+        out = ROOT / commands(name, args)[2]
+        if not (out / "summary.json").exists():
+            continue
+        s = json.loads((out / "summary.json").read_text())
+        cells = []
+        for e in ("0", "3", "5"):
+            mode = max(s["modes"], key=lambda m: s["modes"][m]["eps"][e]["macs_saved_pct_sites"])
+            info = s["modes"][mode]["eps"][e]
+            cells.append(f"{info['macs_saved_pct_sites']:.2f} ({info['test_drop']:.2f}, {mode})")
+        b = s["baseline"]["test"]
+        retrained = [json.loads(p.read_text())["after"]["test"] for p in sorted(out.glob("retrain-*/retrain.json"))]
+        after = "; ".join(f"{a['macs_saved_pct_sites']:.2f} at {a['accuracy']:.2f}%" for a in retrained) or "-"
+        lines.append(f"| {name} | {row[0]} / {row[1]} / {row[2]} | {' / '.join(cells)} | {base[0]} ({base[1]}) / "
+                     f"{b['macs_saved_pct_sites']:.2f} ({b['drop']:.2f}) | {after} |")  # fmt: skip
+    return lines + [""] if len(lines) > 2 else []
+
+
 def write(args) -> None:
     lines = [
         "# Reproduction: the 2019 project's rows next to ours",
@@ -129,6 +152,7 @@ def write(args) -> None:
         "Our cells: % network (% sites) / test accuracy drop in points.",
         "",
     ]
+    lines += overview(args)
     for name, (ckpt, p, row, base, retrained_2019) in STUDIES.items():
         optimize, _, out = commands(name, args)
         lines += [f"## {name}", "", f"checkpoint `{ckpt}`, p = {p}", ""]
