@@ -4,7 +4,7 @@
         [--retrain-epochs 2] [--write-only] > reproduce.log 2>&1 &
 
 Each study runs real CLI commands (printed and recorded): `optimize` (diagonal baseline included,
-fast engine, `--refine`, `--screen` for the modes below site level, eps 0, 0.5, 1, 3, 5) into
+fast engine (naive on a GPU), `--refine`, `--screen` below site level, eps 0, 0.5, 1, 3, 5) into
 runs/reproduce/<study>/, then `retrain` of the best mode's eps-3 masks. Re-running resumes: the
 search's records are in SQLite, retraining has `--resume`, finished steps are skipped.
 `--write-only` only regenerates benchmarks/REPRODUCTION.md from what has finished; missing studies
@@ -62,7 +62,8 @@ def commands(name: str, args) -> tuple[list[str], list[str], Path]:
     ckpt, p, *_ = STUDIES[name]
     out = Path("runs/reproduce") / name
     ones = "1-2" if p == 2 else "1-4"
-    optimize = CLI + ["optimize", "--checkpoint", ckpt, "--out", str(out), "--mode", args.modes, "--engine", "fast",
+    engine = "naive" if args.device.startswith("cuda") else "fast"  # on a GPU fast does not pay (RESULTS.md)
+    optimize = CLI + ["optimize", "--checkpoint", ckpt, "--out", str(out), "--mode", args.modes, "--engine", engine,
                       "--patch-size", str(p), "--ones", ones, "--eps", EPS, "--calib", str(args.calib),
                       "--refine", "--quiet"]  # fmt: skip
     if any(m != "uniform-layer" for m in args.modes.split(",")):
