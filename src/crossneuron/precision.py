@@ -11,29 +11,26 @@ from contextlib import contextmanager
 import torch
 
 
+def _conv_api():
+    """torch >= 2.9's per-operator setting for cuDNN convolutions, or None (then the legacy flag)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv if conv is not None and hasattr(conv, "fp32_precision") else None
+
+
 @contextmanager
 def full_fp32():
     """Context manager and decorator: cuDNN convolutions in IEEE fp32 inside, as before outside."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: the per-operator API
-        old = conv.fp32_precision
-        conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = old
-    else:
-        old = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = old
+    conv = _conv_api()
+    owner, name, exact = (conv, "fp32_precision", "ieee") if conv else (torch.backends.cudnn, "allow_tf32", False)
+    old = getattr(owner, name)
+    setattr(owner, name, exact)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
 
 
 def tf32_convolutions() -> bool:
     """Whether cuDNN may run fp32 convolutions in TF32 now."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        return conv.fp32_precision != "ieee"
-    return bool(torch.backends.cudnn.allow_tf32)
+    conv = _conv_api()
+    return conv.fp32_precision != "ieee" if conv else bool(torch.backends.cudnn.allow_tf32)
