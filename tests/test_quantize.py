@@ -1,6 +1,8 @@
 """The quantizers of SPEC 6 on hand-made records with known answers."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crossneuron.search.engine import EvalResult
 from crossneuron.search.plan import Piece, block_grid, block_side, full_mask
@@ -161,3 +163,71 @@ def test_pick_never_takes_a_step_cut_short():
     cut = Step(1, 0, (0,), EvalResult(900, 1000, 500, 0, cut_short=True))
     fine = Step(2, 0, (1,), EvalResult(899, 1000, 100, 0))
     assert pick([cut, fine], BASE, 50.0) is fine
+
+
+def test_forward_quantize_orders_moves_that_lose_no_accuracy_by_macs_per_misprediction():
+    from crossneuron.search.quantize import forward_quantize, move_key
+
+    def free(code, macs, mispredicted):  # isolated: the base accuracy
+        return Option((Piece(None, None, code),), EvalResult(900, 1000, macs, mispredicted))
+
+    # site 0: 50 MACs for 50 mispredictions (1 each); site 1: 40 MACs for 4 (10 each); site 2 loses 1 image
+    options = {0: [free(1, 50, 50)], 1: [free(2, 40, 4)], 2: [opt(3, 899, 1000)]}
+    order = []
+
+    def evaluate(plans, step, eps):
+        order.append(sorted(plans))
+        return EvalResult(900 - (1 if 2 in plans else 0), 1000, 0, 0)
+
+    forward_quantize([[0], [1], [2]], options, BASE, evaluate, [1.0])
+    # free moves first, the most MACs per misprediction first; then the one losing accuracy
+    assert order == [[1], [0, 1], [0, 1, 2]]
+    # keys: no gain last; a loss ranks by MACs per accuracy lost; a free move with no added misprediction first
+    none = BASE
+    assert move_key([none], [free(1, 0, 5).result]) == (0, 0.0)
+    assert move_key([none], [opt(3, 899, 1000).result]) == (1, pytest.approx(1000 / 0.001))
+    assert move_key([none], [free(1, 10, 0).result]) == (2, float("inf"))
+    assert move_key([free(1, 10, 7).result], [free(2, 30, 9).result]) == (2, 10.0)
+
+
+def _mo(code, macs, mispredicted, block):
+    return Option((Piece(None, block, code),), EvalResult(900, 1000, macs, mispredicted))
+
+
+def test_combine_slope_spends_mispredictions_where_they_buy_the_most_macs():
+    from crossneuron.search.quantize import combine_slope
+
+    # block 0: pattern 1 saves 100 for 90 mispredictions, pattern 2 saves 90 for 10; block 1: pattern 3
+    # saves 50 for 5, pattern 4 saves 40 for 40 (dominated)
+    subs = [[_mo(1, 100, 90, 0), _mo(2, 90, 10, 0)], [_mo(3, 50, 5, 1), _mo(4, 40, 40, 1)]]
+    assert combine(subs)[1] == (Piece(None, 0, 2), Piece(None, 1, 4))  # rank: second everywhere
+    # slope, 2 candidates: everything at its most saving option (as rank's first), then 75 of 150 MACs
+    # reached along the hulls (block 1: 10 per misprediction, block 0: 9 then 10/80)
+    assert combine_slope(subs) == [(Piece(None, 0, 1), Piece(None, 1, 3)), (Piece(None, 0, 2), Piece(None, 1, 3))]
+    assert combine_slope(subs, 3)[-1] == (Piece(None, 1, 3),)  # 50 of 150 MACs: the cheapest third
+    assert combine_slope([[], []]) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=3), min_size=1, max_size=3),
+       st.integers(1, 5))  # fmt: skip
+def test_combine_slope_candidates_are_pareto_optimal_and_decrease_in_macs(raw, count):
+    import itertools
+
+    from crossneuron.search.quantize import combine_slope
+
+    subs = [[_mo(k + 1, g, m, i) for k, (g, m) in enumerate(opts)] for i, opts in enumerate(raw)]
+    cost = {o.plan[0]: (o.result.macs_saved, o.result.mispredicted) for opts in subs for o in opts}
+
+    def totals(plan):
+        return sum(cost[p][0] for p in plan), sum(cost[p][1] for p in plan)
+
+    every = [totals(tuple(o.plan[0] for o in pick_ if o is not None))
+             for pick_ in itertools.product(*[[None, *opts] for opts in subs])]  # fmt: skip
+    got = [totals(plan) for plan in combine_slope(subs, count)]
+    assert len(got) <= count
+    assert all(a[0] > b[0] for a, b in zip(got, got[1:]))  # the most saving first, strictly
+    for g, m in got:  # no assignment saves at least as much with fewer mispredictions, or more with as few
+        assert not any((g2 >= g and m2 < m) or (g2 > g and m2 <= m) for g2, m2 in every)
+    if any(g > 0 for opts in raw for g, _ in opts):
+        assert got[0][0] == sum(max((g for g, _ in opts), default=0) for opts in raw)

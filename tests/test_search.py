@@ -390,3 +390,30 @@ def test_site_wide_options_join_a_finer_modes_lists(ckpt, tmp_path):
         "SELECT count(*) FROM evals WHERE key LIKE 'first|uniform-layer|%'"
     )
     assert rows.fetchone()[0] == len(net.sites) * len(search.codes)
+
+
+def test_slope_combiner_builds_each_sites_candidates_from_the_first_level_records(ckpt, tmp_path):
+    """--combine slope: a max-granularity search runs to results, and each site's channel candidates
+    are what ``combine_slope`` makes of that site's patch-quantizer options."""
+    from crossneuron.optimize import make_engine
+    from crossneuron.search.quantize import combine_slope
+    from crossneuron.search.run import Search
+    from crossneuron.search.store import Store
+
+    ctx = open_checkpoint(ckpt)
+    opts = SearchOptions(modes=["max-granularity"], combine="slope", **{**OPTIONS, "ones": (1, 2)})
+    net, engine, _ = make_engine("naive", ctx, opts)
+    search = Search(net, engine, Store(tmp_path / "records.sqlite", {"test": 1}), opts)
+    first = search.first_level("max-granularity")
+    units = {(s, c): [first[(s, c, b)] for b in range(search.blocks(s))]
+             for s in range(len(net.sites)) for c in range(search.shapes[s][0])}  # fmt: skip
+    per_channel = search.quantize_units("max-granularity", "patch", units)
+    for (s, c), subs in units.items():
+        made = [o.plan for o in per_channel[(s, c)]]
+        assert set(made) <= set(combine_slope(subs))  # the within-eps ones, ranked
+    from crossneuron.search.quantize import pick
+
+    result = search.run_mode("max-granularity")
+    assert pick(result.trajectory, search.base, max(opts.eps)).result.macs_saved > 0
+    with pytest.raises(CrossneuronError, match="--combine"):
+        SearchOptions(combine="best").check()

@@ -259,6 +259,9 @@ def optimize(
     site_wide: Annotated[
         bool, typer.Option(help="finer modes also offer each site's uniform-layer options (exact, site level)")
     ] = False,
+    combine: Annotated[
+        str, typer.Option(help="patch/channel quantizer: rank (SPEC 6) or slope (MACs per misprediction)")
+    ] = "rank",
     batch_size: int = 500,
     seed: int = 0,
     data_root: DataRoot = None,
@@ -278,7 +281,7 @@ def optimize(
     options = SearchOptions(modes=modes, patch_size=patch_size, ones=_ones(ones), gt=gt, eps=_floats(eps, "--eps"),
                             top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple,
                             screen=screen, screen_band=screen_band, screen_check=screen_check,
-                            refine=refine, site_wide=site_wide)  # fmt: skip
+                            refine=refine, site_wide=site_wide, combine=combine)  # fmt: skip
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:

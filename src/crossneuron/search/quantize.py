@@ -41,6 +41,52 @@ def combine(sub_options: Sequence[Sequence[Option]]) -> list[SitePlan]:
     return [tuple(p for opts in sub_options if k < len(opts) for p in opts[k].plan) for k in range(count)]
 
 
+def combine_slope(sub_options: Sequence[Sequence[Option]], count: int | None = None) -> list[SitePlan]:
+    """A Lagrangian alternative to ``combine`` (``--combine slope``; not SPEC 6): ``count`` candidates
+    (default: as many as ``combine`` makes), the most saving first, each giving every sub-target the
+    option that maximises MACs saved - lambda x mispredictions for one lambda.
+
+    Within a site, MACs saved and mispredictions of disjoint pieces add up exactly, and isolated
+    accuracy of a single block or channel rarely moves, so ``combine``'s "k-th most saving option
+    everywhere" picks, per sub-target, by MACs alone: the most mispredicting pattern first. Here each
+    sub-target's options are reduced to their upper concave hull over (mispredictions, MACs) from
+    none; the hull segments of all sub-targets are taken in order of MACs per misprediction, and the
+    candidates are the configurations reached at even steps of the MACs this can save. The most
+    saving candidate is every sub-target at its most saving option, as ``combine``'s first."""
+    segments = []  # (MACs per misprediction, MACs, sub-target, option index), along each hull
+    for i, opts in enumerate(sub_options):
+        hull: list[tuple[int, int, int]] = [(0, 0, -1)]  # (mispredicted, macs, option index); -1: none
+        by_cost = sorted(range(len(opts)), key=lambda k: (opts[k].result.mispredicted, -opts[k].result.macs_saved))
+        for k in by_cost:
+            m, g = opts[k].result.mispredicted, opts[k].result.macs_saved
+            if g <= hull[-1][1]:
+                continue  # dominated: no more saving than a cheaper option
+            while len(hull) >= 2 and _turns_up(hull[-2], hull[-1], (m, g)):
+                hull.pop()
+            hull.append((m, g, k))
+        for (m0, g0, _), (m1, g1, k) in zip(hull, hull[1:]):
+            segments.append(((g1 - g0) / (m1 - m0) if m1 > m0 else float("inf"), g1 - g0, i, k))
+    segments.sort(key=lambda t: -t[0])  # stable: equal slopes keep sub-target order
+    count = max((len(o) for o in sub_options), default=0) if count is None else count
+    total = sum(t[1] for t in segments)
+    choice: dict[int, int] = {}
+    configs: list[SitePlan] = []
+    taken, level = 0, 1
+    for n, (_, gain, i, k) in enumerate(segments):
+        choice[i], taken = k, taken + gain
+        last = n + 1 == len(segments) or segments[n + 1][0] != segments[n][0]  # equal slopes: all or none
+        if last and taken * count >= level * total:
+            configs.append(tuple(p for j in sorted(choice) for p in sub_options[j][choice[j]].plan))
+            while taken * count >= level * total:
+                level += 1
+    return configs[::-1]
+
+
+def _turns_up(a: tuple, b: tuple, c: tuple) -> bool:
+    """Whether b lies on or below the segment a-c (so the upper hull drops it)."""
+    return (b[1] - a[1]) * (c[0] - a[0]) <= (c[1] - a[1]) * (b[0] - a[0])
+
+
 @dataclass(frozen=True)
 class Step:
     """One evaluated configuration of the layer quantizer."""
@@ -104,6 +150,24 @@ def pick(trajectory: Sequence[Step], base: EvalResult, eps: float) -> Step:
     return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))
 
 
+def move_key(now: Sequence[EvalResult], then: Sequence[EvalResult]) -> tuple[int, float]:
+    """How good a refine move from records ``now`` to ``then`` (the unit's sites) looks, larger first.
+
+    Moves that lose accuracy in isolation rank by MACs gained per accuracy lost (tier 1). Moves that
+    lose none (tier 2, before them) rank by MACs gained per misprediction added: at high accuracy most
+    isolated records equal the base's to within an image or two, and ordering those by unit index (as
+    an infinite ratio would) spends the budget blindly; mispredictions are exact and additive within a
+    site. Moves that gain nothing come last (tier 0)."""
+    gained = sum(b.macs_saved - a.macs_saved for a, b in zip(now, then))
+    lost = sum(a.correct / a.images - b.correct / b.images for a, b in zip(now, then))
+    if gained <= 0:
+        return (0, 0.0)
+    if lost > 0:
+        return (1, gained / lost)
+    added = sum(b.mispredicted - a.mispredicted for a, b in zip(now, then))
+    return (2, gained / added if added > 0 else float("inf"))
+
+
 def forward_quantize(
     units: Sequence[Sequence[int]],
     options: dict[int, Sequence[Option]],
@@ -119,7 +183,8 @@ def forward_quantize(
     no prediction): repeatedly take the unit whose next more-saving option gains the most MACs per
     accuracy point lost (isolated records), evaluate the whole network, keep the move when it stays
     within that epsilon, else undo it and freeze the unit; until every unit is frozen or at its
-    first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
+    first option (moves ordered by ``move_key``). Every kept configuration is within its epsilon by
+    evaluation, not by estimate.
     Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
     (``evaluate(plans, step, eps)`` may cut them short against ``eps``).
 
@@ -150,17 +215,14 @@ def forward_quantize(
             pos.update(seed)
             current, seeded = seeded, None
         while True:
-            best, best_ratio = None, None
+            best, best_key = None, None
             for u, unit in enumerate(units):
                 movable = [s for s in unit if pos[s] > 0]
                 if u in frozen or not movable:
                     continue
-                gained = sum(record(s, pos[s] - 1).macs_saved - record(s, pos[s]).macs_saved for s in movable)
-                lost = sum(record(s, pos[s]).correct / record(s, pos[s]).images
-                           - record(s, pos[s] - 1).correct / record(s, pos[s] - 1).images for s in movable)  # fmt: skip
-                ratio = gained / lost if lost > 0 else float("inf") if gained > 0 else 0.0
-                if best_ratio is None or ratio > best_ratio:
-                    best, best_ratio = u, ratio
+                key = move_key([record(s, pos[s]) for s in movable], [record(s, pos[s] - 1) for s in movable])
+                if best_key is None or key > best_key:
+                    best, best_key = u, key
             if best is None:
                 break
             before = dict(pos)

@@ -14,10 +14,11 @@ from ..net import PredictiveNet
 from ..patterns import check_ones, pattern_codes
 from .engine import EvalResult
 from .plan import Piece, SitePlan, block_grid, block_side, full_mask, plan_json
-from .quantize import Option, Step, combine, forward_quantize, layer_quantize, pick, rank, within
+from .quantize import Option, Step, combine, combine_slope, forward_quantize, layer_quantize, pick, rank, within
 from .store import Store, Where
 
 MODES = ("uniform-layer", "uniform-patch", "uniform-filters", "max-granularity")
+COMBINERS = {"rank": combine, "slope": combine_slope}
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SearchOptions:
     screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
     refine: bool = False  # after the layer quantizer, a forward greedy with joint acceptance per eps
     site_wide: bool = False  # finer modes also offer each site's uniform-layer options (exact, site level)
+    combine: str = "rank"  # patch/channel quantizer: rank (SPEC 6) or slope (MACs per misprediction)
 
     def check(self, val_size: int | None = None) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -55,6 +57,8 @@ class SearchOptions:
             raise CrossneuronError(
                 f"--screen-band and --screen-check must be >= 0, got {self.screen_band} and {self.screen_check}"
             )
+        if self.combine not in COMBINERS:
+            raise CrossneuronError(f"unknown --combine '{self.combine}': choose {' or '.join(COMBINERS)}")
         if self.batch_size < 1:
             raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
 
@@ -268,7 +272,7 @@ class Search:
         done, out = 0, {}
         for (site, channel), subs in units.items():
             opts = []
-            for k, plan in enumerate(combine(subs)):
+            for k, plan in enumerate(COMBINERS[self.o.combine](subs)):
                 where = Where(stage, mode, site, channel, candidate=k)
                 if self.screener is not None and channel is not None:  # below site level: screened
                     opts.append(Option(plan, self.screened(where, site, plan)))
