@@ -226,7 +226,7 @@ def test_combine_slope_candidates_are_pareto_optimal_and_decrease_in_macs(raw, c
              for pick_ in itertools.product(*[[None, *opts] for opts in subs])]  # fmt: skip
     got = [totals(plan) for plan in combine_slope(subs, count)]
     assert len(got) <= count
-    assert all(a[0] > b[0] for a, b in zip(got, got[1:]))  # the most saving first, strictly
+    assert all(a[0] > b[0] for a, b in zip(got, got[1:], strict=False))  # the most saving first, strictly
     for g, m in got:  # no assignment saves at least as much with fewer mispredictions, or more with as few
         assert not any((g2 >= g and m2 < m) or (g2 > g and m2 <= m) for g2, m2 in every)
     if any(g > 0 for opts in raw for g, _ in opts):

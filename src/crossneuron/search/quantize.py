@@ -64,7 +64,7 @@ def combine_slope(sub_options: Sequence[Sequence[Option]], count: int | None = N
             while len(hull) >= 2 and _turns_up(hull[-2], hull[-1], (m, g)):
                 hull.pop()
             hull.append((m, g, k))
-        for (m0, g0, _), (m1, g1, k) in zip(hull, hull[1:]):
+        for (m0, g0, _), (m1, g1, k) in zip(hull, hull[1:], strict=False):
             segments.append(((g1 - g0) / (m1 - m0) if m1 > m0 else float("inf"), g1 - g0, i, k))
     segments.sort(key=lambda t: -t[0])  # stable: equal slopes keep sub-target order
     count = max((len(o) for o in sub_options), default=0) if count is None else count
@@ -158,13 +158,13 @@ def move_key(now: Sequence[EvalResult], then: Sequence[EvalResult]) -> tuple[int
     isolated records equal the base's to within an image or two, and ordering those by unit index (as
     an infinite ratio would) spends the budget blindly; mispredictions are exact and additive within a
     site. Moves that gain nothing come last (tier 0)."""
-    gained = sum(b.macs_saved - a.macs_saved for a, b in zip(now, then))
-    lost = sum(a.correct / a.images - b.correct / b.images for a, b in zip(now, then))
+    gained = sum(b.macs_saved - a.macs_saved for a, b in zip(now, then, strict=True))
+    lost = sum(a.correct / a.images - b.correct / b.images for a, b in zip(now, then, strict=True))
     if gained <= 0:
         return (0, 0.0)
     if lost > 0:
         return (1, gained / lost)
-    added = sum(b.mispredicted - a.mispredicted for a, b in zip(now, then))
+    added = sum(b.mispredicted - a.mispredicted for a, b in zip(now, then, strict=True))
     return (2, gained / added if added > 0 else float("inf"))
 
 
