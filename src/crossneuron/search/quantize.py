@@ -180,11 +180,10 @@ def forward_quantize(
     """The ``refine`` stage (not in SPEC 6; opt-in): a forward greedy with joint acceptance.
 
     For each epsilon, smallest first, starting from the previous epsilon's configuration (at first:
-    no prediction): repeatedly take the unit whose next more-saving option gains the most MACs per
-    accuracy point lost (isolated records), evaluate the whole network, keep the move when it stays
+    no prediction): repeatedly take the unit whose move to its next more-saving option looks best
+    (``move_key``, from isolated records), evaluate the whole network, keep the move when it stays
     within that epsilon, else undo it and freeze the unit; until every unit is frozen or at its
-    first option (moves ordered by ``move_key``). Every kept configuration is within its epsilon by
-    evaluation, not by estimate.
+    first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
     Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
     (``evaluate(plans, step, eps)`` may cut them short against ``eps``).
 
