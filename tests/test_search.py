@@ -393,10 +393,10 @@ def test_site_wide_options_join_a_finer_modes_lists(ckpt, tmp_path):
 
 
 def test_slope_combiner_builds_each_sites_candidates_from_the_first_level_records(ckpt, tmp_path):
-    """--combine slope: a max-granularity search runs to results, and each site's channel candidates
-    are what ``combine_slope`` makes of that site's patch-quantizer options."""
+    """--combine slope: a max-granularity search runs to results, and each channel's patch-quantizer
+    candidates are what ``combine_slope`` makes of that channel's first-level options."""
     from crossneuron.optimize import make_engine
-    from crossneuron.search.quantize import combine_slope
+    from crossneuron.search.quantize import combine_slope, pick
     from crossneuron.search.run import Search
     from crossneuron.search.store import Store
 
@@ -411,8 +411,6 @@ def test_slope_combiner_builds_each_sites_candidates_from_the_first_level_record
     for (s, c), subs in units.items():
         made = [o.plan for o in per_channel[(s, c)]]
         assert set(made) <= set(combine_slope(subs))  # the within-eps ones, ranked
-    from crossneuron.search.quantize import pick
-
     result = search.run_mode("max-granularity")
     assert pick(result.trajectory, search.base, max(opts.eps)).result.macs_saved > 0
     with pytest.raises(CrossneuronError, match="--combine"):

@@ -77,8 +77,7 @@ def combine_slope(sub_options: Sequence[Sequence[Option]], count: int | None = N
         last = n + 1 == len(segments) or segments[n + 1][0] != segments[n][0]  # equal slopes: all or none
         if last and taken * count >= level * total:
             configs.append(tuple(p for j in sorted(choice) for p in sub_options[j][choice[j]].plan))
-            while taken * count >= level * total:
-                level += 1
+            level = taken * count // total + 1  # the next even step not yet reached
     return configs[::-1]
 
 
