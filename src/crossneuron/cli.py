@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import CrossneuronError
+from .macs import pct
 from .models import build_model
 from .net import attach
+from .search.modes import modes_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)
@@ -48,7 +50,7 @@ def site_table(net) -> dict:
             "shape": list(s.shape),
             "macs_per_output": s.macs_per_output,
             "macs": s.macs,
-            "share_of_network_pct": 100.0 * s.macs / total,
+            "share_of_network_pct": pct(s.macs, 1, total),
             "convs": list(s.convs),
         }
         for s in net.sites
@@ -57,7 +59,7 @@ def site_table(net) -> dict:
         "sites": rows,
         "network_macs": total,
         "site_macs": net.site_macs,
-        "site_share_of_network_pct": 100.0 * net.site_macs / total,
+        "site_share_of_network_pct": pct(net.site_macs, 1, total),
     }
 
 
@@ -151,20 +153,19 @@ def train(
 def _pattern_run(checkpoint_dir, split, patch_size, data_root, device, masks_path=None):
     from .context import open_checkpoint
     from .evaluate import evaluate_pattern, measure
-    from .net import attach
 
     ctx = open_checkpoint(checkpoint_dir, data_root, device)
     x, y = ctx.data(split)
     if masks_path is None:
         return evaluate_pattern(ctx.model, ctx.spec, x, y, patch_size, device=device), ctx.meta
-    from .search.results import full_masks, load_result
+    from .result import attach_result, load_result
 
-    data = load_result(masks_path)
-    if data.get("weights_hash") not in (None, ctx.weights_hash):
+    result = load_result(masks_path)
+    if result.weights_hash not in (None, ctx.weights_hash):
         err.print(f"note: {masks_path} was searched on other weights than {checkpoint_dir}'s (e.g. before "
                   "retraining); measuring these masks on this checkpoint", highlight=False, soft_wrap=True)  # fmt: skip
-    net = attach(ctx.model, ctx.spec.input_shape, data["patch_size"])
-    return measure(net, ctx.spec, x, y, full_masks(net, data), device=device), ctx.meta
+    net = attach_result(ctx.model, ctx.spec.input_shape, result)
+    return measure(net, ctx.spec, x, y, None, device=device), ctx.meta
 
 
 def _print_pattern(result, title: str, as_json: bool) -> None:
@@ -237,9 +238,7 @@ def _ones(text: str | None):
 def optimize(
     checkpoint: Annotated[str, typer.Option(help="checkpoint folder")],
     out: Annotated[str, typer.Option(help="run folder (records.sqlite, results); re-run to resume")],
-    mode: Annotated[
-        str, typer.Option(help="uniform-layer, uniform-patch, uniform-filters, max-granularity, a comma list, or all")
-    ] = "uniform-layer",  # fmt: skip
+    mode: Annotated[str, typer.Option(help=modes_help())] = "uniform-layer",
     patch_size: int = 2,
     ones: Annotated[str | None, typer.Option(help="range of ones per pattern A-B (default 1 to p*p-1)")] = None,
     gt: Annotated[float, typer.Option(help="granularity threshold (0: single patches)")] = 10.0,
@@ -256,12 +255,9 @@ def optimize(
     refine: Annotated[
         bool, typer.Option(help="after the layer quantizer, a forward greedy that keeps only moves within each eps")
     ] = False,
-    site_wide: Annotated[
-        bool, typer.Option(help="finer modes also offer each site's uniform-layer options (exact, site level)")
-    ] = False,
     combine: Annotated[
-        str, typer.Option(help="patch/channel quantizer: rank (SPEC 6) or slope (MACs per misprediction)")
-    ] = "rank",
+        str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
+    ] = "slope",
     batch_size: int = 500,
     seed: int = 0,
     data_root: DataRoot = None,
@@ -275,13 +271,14 @@ def optimize(
 
     from . import optimize as opt
     from .context import open_checkpoint
-    from .search.run import MODES, SearchOptions
+    from .search.modes import parse_modes
+    from .search.options import SearchOptions
 
-    modes = list(MODES) if mode == "all" else [m.strip() for m in mode.split(",")]
-    options = SearchOptions(modes=modes, patch_size=patch_size, ones=_ones(ones), gt=gt, eps=_floats(eps, "--eps"),
-                            top_m=top_m, calib=calib, batch_size=batch_size, seed=seed, couple=couple,
+    options = SearchOptions(modes=parse_modes(mode), patch_size=patch_size, ones=_ones(ones), gt=gt,
+                            eps=_floats(eps, "--eps"), top_m=top_m, calib=calib, batch_size=batch_size, seed=seed,
+                            couple=couple,
                             screen=screen, screen_band=screen_band, screen_check=screen_check,
-                            refine=refine, site_wide=site_wide, combine=combine)  # fmt: skip
+                            refine=refine, combine=combine)  # fmt: skip
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .data import DatasetSpec
+from .macs import pct
 from .net import attach
 from .patterns import diagonal
 from .precision import full_fp32
@@ -56,11 +57,12 @@ class PatternResult:
         }
 
 
-def measure(net, spec: DatasetSpec, x, y, masks: dict, batch_size: int = 500, device="cpu") -> PatternResult:
-    """Accuracy and MACs of ``net`` with ``masks`` (site -> mask, pattern or None) against no
-    prediction, on (x, y). The oracle is that of the network without prediction."""
+def measure(net, spec: DatasetSpec, x, y, masks: dict | None, batch_size: int = 500, device="cpu") -> PatternResult:
+    """Accuracy and MACs of ``net`` with ``masks`` (site index or name -> mask, pattern or None; None:
+    the masks the net has, e.g. from ``result.apply_result``) against no prediction, on (x, y). The
+    oracle is that of the network without prediction."""
     net = net.to(device).eval()
-    for site in net.sites:
+    for site in net.sites if masks is not None else ():
         net.set_mask(site, masks.get(site.index, masks.get(site.name)))
     for site in net.sites:
         net.enable(site, False)
@@ -85,10 +87,10 @@ def measure(net, spec: DatasetSpec, x, y, masks: dict, batch_size: int = 500, de
         per_site=tuple(
             {
                 "name": site.name,
-                "share_of_network_pct": 100.0 * site.site_macs / net.network_macs,
-                "macs_saved_pct_network": 100.0 * site.macs_saved / (n * net.network_macs),
-                "macs_saved_pct_site": 100.0 * site.macs_saved / (n * site.site_macs),
-                "oracle_pct_network": 100.0 * zero.oracle_macs / (n * net.network_macs),
+                "share_of_network_pct": pct(site.site_macs, 1, net.network_macs),
+                "macs_saved_pct_network": pct(site.macs_saved, n, net.network_macs),
+                "macs_saved_pct_site": pct(site.macs_saved, n, site.site_macs),
+                "oracle_pct_network": pct(zero.oracle_macs, n, net.network_macs),
             }
             for site, zero in zip(s.per_site, plain.per_site, strict=True)
         ),

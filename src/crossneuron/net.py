@@ -10,8 +10,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import CrossneuronError
+from .macs import counting, macs_of, pct
 from .patterns import check_patch_size
-from .sites import Site, find_sites, network_macs
+from .sites import Site, find_sites
 from .spatial import Spatial
 from .tracing import trace
 
@@ -45,10 +46,6 @@ class SiteStats:
         return self.zeros * self.macs_per_output
 
 
-def _pct(part: float, whole: float) -> float:
-    return 100.0 * part / whole if whole else 0.0
-
-
 @dataclass(frozen=True)
 class Stats:
     """Totals since the last reset. ``macs_saved``, ``oracle_macs``, ``mispredicted`` and
@@ -80,24 +77,24 @@ class Stats:
 
     @property
     def macs_saved_pct_network(self) -> float:
-        return _pct(self.macs_saved, self.images * self.network_macs)
+        return pct(self.macs_saved, self.images, self.network_macs)
 
     @property
     def macs_saved_pct_sites(self) -> float:
-        return _pct(self.macs_saved, self.images * self.site_macs)
+        return pct(self.macs_saved, self.images, self.site_macs)
 
     @property
     def oracle_pct_network(self) -> float:
-        return _pct(self.oracle_macs, self.images * self.network_macs)
+        return pct(self.oracle_macs, self.images, self.network_macs)
 
     @property
     def oracle_pct_sites(self) -> float:
-        return _pct(self.oracle_macs, self.images * self.site_macs)
+        return pct(self.oracle_macs, self.images, self.site_macs)
 
     @property
     def mispredicted_rate(self) -> float:
         """Percent of predicted positions whose true value was non-zero."""
-        return _pct(self.mispredicted, self.predicted)
+        return pct(self.mispredicted, 1, self.predicted)
 
 
 class PredictiveNet(nn.Module):
@@ -146,7 +143,7 @@ class PredictiveNet(nn.Module):
         return sum(s.macs for s in self.sites)
 
     # -- masks -------------------------------------------------------------------------------
-    def full_mask(self, key: int | str | Site, mask) -> torch.Tensor:
+    def expand_mask(self, key: int | str | Site, mask) -> torch.Tensor:
         """The (C, Hp, Wp) bool mask that ``mask`` (full, (Hp, Wp), (p, p) pattern or None) means."""
         site = self.site(key)
         layer = self.spatial(site)
@@ -175,7 +172,7 @@ class PredictiveNet(nn.Module):
 
     def set_mask(self, key: int | str | Site, mask) -> None:
         """Set a site's mask in place; None means no prediction."""
-        full = self.full_mask(key, mask)
+        full = self.expand_mask(key, mask)
         layer = self.spatial(key)
         layer.mask.copy_(full)
 
@@ -222,16 +219,18 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape
 
 
-def _shape_prop(gm, input_shape) -> None:
-    """Record every node's output shape for one image, leaving every module's state unchanged."""
+def _shape_prop(gm, input_shape) -> int:
+    """Record every node's output shape for one image, leaving every module's state unchanged;
+    returns the network's MACs per image (SPEC 2: flop counter FLOPs / 2 over that same pass)."""
     flags = {m: m.training for m in gm.modules()}
     param = next(gm.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     try:
         gm.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counting() as counter:
             ShapeProp(gm).propagate(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+        return macs_of(counter)
     except Exception as exc:  # noqa: BLE001 - one clear line for a shape that does not fit
         root = exc.__cause__ or exc
         reason = " ".join(str(root).split())[:200]
@@ -254,14 +253,13 @@ def attach(
     p = check_patch_size(patch_size)
     shape = _check_input_shape(input_shape)
     gm = trace(model, leaf_modules)
-    _shape_prop(gm, shape)
+    macs = _shape_prop(gm, shape)
     sites = find_sites(gm)
     if not sites:
         raise CrossneuronError(
             f"{type(model).__name__} has no site: no ReLU is fed by a Conv2d through only BatchNorm, "
             f"identity-like ops and residual adds (leaf modules hide what is inside them)"
         )
-    macs = network_macs(gm)
     # a site's ReLU output feeds only its Spatial layer, which may therefore overwrite it
     layers = nn.ModuleList(Spatial(s.shape, p, s.macs_per_output, inplace=True) for s in sites)
     param = next(model.parameters(), None)

@@ -18,14 +18,15 @@ from .context import Context
 from .errors import CrossneuronError
 from .evaluate import measure
 from .fsutil import write_json
+from .macs import pct
 from .net import attach
-from .patterns import diagonal, pattern_count, pattern_to_code
+from .patterns import diagonal, pattern_count
+from .result import Result, export_masks, masks_json, trajectory_json, write_result
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
-from .search.plan import Piece, block_grid, block_side
-from .search.results import export_masks, full_masks, masks_json, trajectory_json, write_result
-from .search.run import MODES, Search, SearchOptions
-from .search.store import Store, Where
+from .search.plan import block_grid, block_side
+from .search.run import MODES, ModeResult, Search, SearchOptions
+from .search.store import Store
 from .splits import indices_hash, normalise
 
 ENGINES = {"naive": NaiveEngine, "fast": FastEngine}
@@ -93,28 +94,20 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
     return out
 
 
-def diagonal_plans(net, p: int) -> dict:
-    """The 2018 diagonal pattern at every site, as search plans."""
-    code = pattern_to_code(diagonal(p))
-    return {s.index: (Piece(None, None, code),) for s in net.sites}
-
-
 def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, x_test, y_test) -> dict:
-    """The 2018 diagonal pattern at every site: on the calibration images (a memoised evaluation)
-    and on the test split."""
+    """The 2018 diagonal pattern at every site: on the calibration images (the search's baseline
+    record) and on the test split."""
     p = options.patch_size
-    plans = diagonal_plans(search.net, p)
-    calib = search.evaluate(Where("baseline", "-"), plans)
+    calib = search.baseline
     test = measure(test_net, ctx.spec, x_test, y_test, {s.index: diagonal(p) for s in test_net.sites},
                    options.batch_size, ctx.device)  # fmt: skip
-    base = search.base
     return {
         "pattern": "diagonal",
         "patch_size": p,
         "calib": {
             "accuracy": calib.accuracy,
-            "drop": base.accuracy - calib.accuracy,
-            "macs_saved_pct_network": 100.0 * calib.macs_saved / (calib.images * search.net.network_macs),
+            "drop": search.base.accuracy - calib.accuracy,
+            "macs_saved_pct_network": pct(calib.macs_saved, calib.images, search.net.network_macs),
         },
         "test": test.as_dict(),
     }
@@ -139,63 +132,44 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
     base = search.base
     x_test, y_test = ctx.data("test")
     test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
-    baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
-    write_json(out / "baseline.json", baseline)
-    if options.refine:  # a second refine pass from the diagonal, at the diagonal's calibration drop
-        search.seed_plans = diagonal_plans(net, options.patch_size)
-        search.seed_eps = [max(0.0, baseline["calib"]["drop"])]
+    baseline = None
+    if search.baseline is not None:
+        baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
+        write_json(out / "baseline.json", baseline)
     summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "baseline": baseline, "modes": {}}
-    common = {
-        "checkpoint": identity["checkpoint"],
-        "weights_hash": identity["weights_hash"],
-        "val_hash": identity["val_hash"],
-        "calib_hash": calib_hash,
-        "patch_size": options.patch_size,
-        "options": options.identity(),
-    }
 
-    def choose(mode: str, result, eps: float, folder: Path) -> dict:
+    def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
         """The trajectory's best configuration within ``eps``, measured on the test split and written."""
-        step, plans = result.best(base, eps)
-        data = {"mode": mode, "eps": eps, **common, "masks": masks_json(net, plans, search.sides)}
-        masks = full_masks(test_net, data)
+        step, plans = mode.best(base, eps)
+        masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
         test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
-        data.update({
-            "calib_accuracy": step.result.accuracy,
-            "calib_base_accuracy": base.accuracy,
-            "calib_drop": base.accuracy - step.result.accuracy,
-            "calib_macs_saved_pct_network": 100.0 * step.result.macs_saved / (base.images * net.network_macs),
-            "test_accuracy": test.accuracy,
-            "test_base_accuracy": test.base_accuracy,
-            "test_drop": test.drop,
-            "macs_saved_pct_network": test.macs_saved_pct_network,
-            "macs_saved_pct_sites": test.macs_saved_pct_sites,
-            "oracle_pct_network": test.oracle_pct_network,
-            "oracle_pct_sites": test.oracle_pct_sites,
-            "mispredicted_rate": test.mispredicted_rate,
-            "test_images": test.images,
-            "per_site": list(test.per_site),
-            "chosen_step": step.step,
-            "trajectory": trajectory_json(net, result, base),
-        })  # fmt: skip
-        write_result(folder / "result.json", data)
+        result = Result(
+            mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
+            val_hash=identity["val_hash"], calib_hash=calib_hash, patch_size=options.patch_size,
+            options=options.identity(), masks=masks_json(net, plans, search.space.sides),
+            calib_accuracy=step.result.accuracy, calib_base_accuracy=base.accuracy,
+            calib_drop=base.accuracy - step.result.accuracy,
+            calib_macs_saved_pct_network=pct(step.result.macs_saved, base.images, net.network_macs),
+            test_accuracy=test.accuracy, test_base_accuracy=test.base_accuracy, test_drop=test.drop,
+            macs_saved_pct_network=test.macs_saved_pct_network, macs_saved_pct_sites=test.macs_saved_pct_sites,
+            oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
+            mispredicted_rate=test.mispredicted_rate, test_images=test.images, per_site=list(test.per_site),
+            chosen_step=step.step, trajectory=trajectory_json(net, mode.units, mode.trajectory, base),
+        )  # fmt: skip
+        write_result(folder / "result.json", result)
         export_masks(folder / "masks.safetensors", net, masks)
         keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop",
                 "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
-        return {k: data[k] for k in keys}
+        return {k: getattr(result, k) for k in keys}
 
-    for mode in options.modes:
-        t_mode = time.perf_counter()
-        result = search.run_mode(mode)
-        summary["modes"][mode] = {"seconds": time.perf_counter() - t_mode, "eps": {}}
+    for result in search.run():
+        info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
         if result.screen is not None:
-            summary["modes"][mode]["screen"] = result.screen
+            info["screen"] = result.screen
         for eps in options.eps:
-            summary["modes"][mode]["eps"][f"{eps:g}"] = choose(mode, result, eps, out / mode / f"eps-{eps:g}")
-        # our saving at the diagonal baseline's accuracy: its calibration drop as the budget
-        summary["modes"][mode]["at_baseline"] = choose(
-            mode, result, max(0.0, baseline["calib"]["drop"]), out / mode / "at-baseline"
-        )
+            info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
+        if baseline is not None:  # our saving at the diagonal baseline's accuracy: its calibration drop as the budget
+            info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
     summary["seconds"] = time.perf_counter() - t0
     summary["evaluations"] = store.count()
     write_json(out / "summary.json", summary)

@@ -10,6 +10,7 @@ calibration images) and ``result.json`` (the masks with the retrained numbers, u
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,21 +18,20 @@ from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
 from .fsutil import write_json
-from .net import attach
 from .optimize import calibration, optimize
-from .search.results import full_masks, load_result, write_result
-from .search.run import SearchOptions
+from .result import Result, attach_result, load_result, write_result
+from .search.options import SearchOptions
 from .train import TrainConfig, train
 
 
-def default_out(result_path: Path, data: dict) -> Path:
+def default_out(result_path: Path, result: Result) -> Path:
     """RUN_DIR/retrain-<mode>-eps-<e> for RUN_DIR/<mode>/eps-<e>/result.json (the report finds it there)."""
-    return result_path.resolve().parents[2] / f"retrain-{data['mode']}-eps-{data['eps']:g}"
+    return result_path.resolve().parents[2] / f"retrain-{result.mode}-eps-{result.eps:g}"
 
 
-def _measure(ctx_model, ctx, data, x, y, batch_size) -> dict:
-    net = attach(ctx_model, ctx.spec.input_shape, data["patch_size"])
-    r = measure(net, ctx.spec, x, y, full_masks(net, data), batch_size, ctx.device)
+def _measure(model, ctx, result: Result, x, y, batch_size) -> dict:
+    net = attach_result(model, ctx.spec.input_shape, result)
+    r = measure(net, ctx.spec, x, y, None, batch_size, ctx.device)
     return {"accuracy": r.accuracy, "no_prediction_accuracy": r.base_accuracy, "drop": r.drop,
             "macs_saved_pct_network": r.macs_saved_pct_network, "macs_saved_pct_sites": r.macs_saved_pct_sites,
             "oracle_pct_network": r.oracle_pct_network, "mispredicted_rate": r.mispredicted_rate}  # fmt: skip
@@ -43,9 +43,9 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
     result_path = Path(result_path)
     data = load_result(result_path)
     ctx = open_checkpoint(checkpoint_dir, data_root, device)
-    if data.get("val_hash") not in (None, ctx.meta["val_hash"]):
+    if data.val_hash not in (None, ctx.meta["val_hash"]):
         raise CrossneuronError(f"{result_path} was searched on another val split than {checkpoint_dir}'s")
-    full_masks(attach(ctx.model, ctx.spec.input_shape, data["patch_size"]), data)  # refuse masks of another model
+    attach_result(ctx.model, ctx.spec.input_shape, data)  # refuse masks of another model before any work
     out = Path(out) if out else default_out(result_path, data)
     meta = ctx.meta
     cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
@@ -55,13 +55,13 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
     metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
     seconds = time.perf_counter() - t0
     new = open_checkpoint(out, data_root, device)
-    options = data["options"]
+    options = data.options
     x_cal, y_cal, _ = calibration(ctx, options["calib"], options["seed"])
     x_test, y_test = ctx.data("test")
     bs = options.get("batch_size", 500)
     record = {
-        "mode": data["mode"],
-        "eps": data["eps"],
+        "mode": data.mode,
+        "eps": data.eps,
         "checkpoint": str(ctx.path.resolve()),
         "retrained": str(out.resolve()),
         "masks": str(result_path.resolve()),
@@ -70,7 +70,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         "batch_size": batch_size,
         "train_seconds": metrics["train_seconds"],
         "seconds": seconds,
-        "base_accuracy": data["test_base_accuracy"],  # test, source model, no prediction
+        "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction
         "before": {"test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
                    "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs)},  # fmt: skip
         "after": {"test": _measure(new.model, new, data, x_test, y_test, bs),
@@ -80,20 +80,29 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
     write_json(out / "retrain.json", record)
     after = record["after"]["test"]
-    write_result(out / "result.json", {
-        **data, "checkpoint": str(out.resolve()), "weights_hash": new.weights_hash,
-        "retrained_from": record["checkpoint"],
-        "calib_accuracy": record["after"]["calib"]["accuracy"],
-        "calib_base_accuracy": record["after"]["calib"]["no_prediction_accuracy"],
-        "calib_drop": record["after"]["calib"]["drop"],
-        "test_accuracy": after["accuracy"], "test_base_accuracy": after["no_prediction_accuracy"],
-        "test_drop": after["drop"], "macs_saved_pct_network": after["macs_saved_pct_network"],
-        "macs_saved_pct_sites": after["macs_saved_pct_sites"], "oracle_pct_network": after["oracle_pct_network"],
-        "mispredicted_rate": after["mispredicted_rate"], "trajectory": [],
-    })  # fmt: skip
+    calib = record["after"]["calib"]
+    write_result(out / "result.json", dataclasses.replace(
+        data, checkpoint=str(out.resolve()), weights_hash=new.weights_hash, retrained_from=record["checkpoint"],
+        calib_accuracy=calib["accuracy"], calib_base_accuracy=calib["no_prediction_accuracy"],
+        calib_drop=calib["drop"], test_accuracy=after["accuracy"], test_base_accuracy=after["no_prediction_accuracy"],
+        test_drop=after["drop"], macs_saved_pct_network=after["macs_saved_pct_network"],
+        macs_saved_pct_sites=after["macs_saved_pct_sites"], oracle_pct_network=after["oracle_pct_network"],
+        mispredicted_rate=after["mispredicted_rate"], trajectory=[],
+    ))  # fmt: skip
     if research:
-        o = dict(options)
-        o["ones"] = tuple(o["ones"]) if o.get("ones") else None
-        record["research"] = optimize(new, SearchOptions(**o), out / "search", engine, progress)
+        record["research"] = optimize(new, search_options(options), out / "search", engine, progress)
         write_json(out / "retrain.json", record)
     return record
+
+
+def search_options(identity: dict) -> SearchOptions:
+    """The options of a result's search from its ``options`` (as written by ``SearchOptions.identity``);
+    options of earlier versions take their then defaults (``site_wide`` is gone: False was its default;
+    ``combine`` defaulted to rank before 0.4)."""
+    known = {f.name for f in dataclasses.fields(SearchOptions)}
+    o = {k: v for k, v in identity.items() if k in known}
+    if identity.get("site_wide"):
+        raise CrossneuronError("this result was searched with --site-wide, which 0.4 retired: search it again")
+    o.setdefault("combine", "rank")
+    o["ones"] = tuple(o["ones"]) if o.get("ones") else None
+    return SearchOptions(**o)

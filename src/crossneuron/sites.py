@@ -1,4 +1,4 @@
-"""Sites (SPEC 1) found in a traced graph, and MAC accounting (SPEC 2) over that graph.
+"""Sites (SPEC 1) found in a traced graph, and their MACs (SPEC 2; the whole network's are in ``macs.py``).
 
 A site is one call of a ReLU whose input comes from Conv2d outputs through only BatchNorm,
 identity-like ops and element-wise residual adds. Walking back from the ReLU through those ops
@@ -8,7 +8,6 @@ identity-like ops and element-wise residual adds. Walking back from the ReLU thr
 
 from __future__ import annotations
 
-import math
 import operator
 from collections import Counter
 from dataclasses import dataclass
@@ -161,19 +160,3 @@ def find_sites(gm: fx.GraphModule) -> list[Site]:
             )
         )
     return sites
-
-
-def network_macs(gm: fx.GraphModule) -> int:
-    """MACs of every Conv2d and Linear call for one image (needs ``tensor_meta`` on the nodes)."""
-    modules = _modules(gm)
-    total = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        mod = modules.get(node.target)
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            out = node.meta["tensor_meta"].shape
-            per_image = math.prod(out) // out[0]
-            per_output = _macs_per_output(mod) if isinstance(mod, nn.Conv2d) else mod.in_features
-            total += per_image * per_output
-    return total

@@ -57,14 +57,9 @@ def with_masks(model: torch.nn.Module, spec, masks_path: str | None) -> torch.nn
     """``model`` itself, or a PredictiveNet on it with a result.json's masks predicting."""
     if not masks_path:
         return model
-    from .net import attach
-    from .search.results import full_masks, load_result
+    from .result import attach_result, load_result
 
-    data = load_result(masks_path)
-    net = attach(model, spec.input_shape, data["patch_size"]).to(next(model.parameters()).device)
-    for index, mask in full_masks(net, data).items():
-        net.set_mask(index, mask)
-    return net
+    return attach_result(model, spec.input_shape, load_result(masks_path))
 
 
 def _save_state(out: Path, model, optimizer, epoch: int, history: list) -> None:

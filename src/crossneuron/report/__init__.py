@@ -41,9 +41,9 @@ def _figures(run: Run, folder: Path) -> list[tuple[str, dict]]:
     if fig is not None:
         out.append(("Per-site breakdown", _save(fig, folder, "per_site")))
     if masks.exists():
-        fig = figures.masks_by_site(masks, f"{mode}, eps {eps:g}", list(best["masks"]))
+        fig = figures.masks_by_site(masks, f"{mode}, eps {eps:g}", list(best.masks))
         out.append(("Mask view: every site", _save(fig, folder, "masks_by_site")))
-        rows = best.get("per_site") or []
+        rows = best.per_site or []
         site = max(rows, key=lambda r: r["macs_saved_pct_network"])["name"] if rows else None
         if site:
             fig = figures.masks_of_site(masks, site, f"{mode}, eps {eps:g}")
@@ -89,16 +89,16 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
     s, r = run.summary, run.any_result()
     header, rows = headline_rows(run)
     identity = [
-        ["checkpoint", r["checkpoint"]],
-        ["weights hash", r["weights_hash"]],
-        ["val split hash", r["val_hash"]],
-        ["calibration images hash", r.get("calib_hash", "-")],
+        ["checkpoint", r.checkpoint],
+        ["weights hash", r.weights_hash],
+        ["val split hash", r.val_hash],
+        ["calibration images hash", r.calib_hash or "-"],
         ["calibration images", s["calib_images"]],
-        ["test images", r["test_images"]],
+        ["test images", r.test_images],
         ["no-prediction accuracy, calibration", f"{s['base_calib_accuracy']:.2f}%"],
-        ["no-prediction accuracy, test", f"{r['test_base_accuracy']:.2f}%"],
+        ["no-prediction accuracy, test", f"{r.test_base_accuracy:.2f}%"],
     ]  # fmt: skip
-    options = [[k, json.dumps(v)] for k, v in r["options"].items()]
+    options = [[k, json.dumps(v)] for k, v in r.options.items()]
     timing = [[m, f"{info['seconds']:.1f}"] for m, info in s["modes"].items()]
     timing.append(["whole run (incl. test-split measurements)", f"{s.get('seconds', 0):.1f}"])
     stages = [[m, st, v["evaluations"], v["estimated"], v["cut_short"], f"{v['seconds']:.1f}"]
@@ -109,13 +109,13 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>crossneuron report</title>",
         f"<style>{STYLE}</style><script>{CHECK_SCRIPT}</script></head><body>",
-        f"<h1>crossneuron report: {html.escape(Path(r['checkpoint']).name)}</h1>",
+        f"<h1>crossneuron report: {html.escape(Path(r.checkpoint).name)}</h1>",
         "<p>Zero prediction from neighbouring activations: MACs saved (% of network MACs; in brackets % of site "
         "MACs) on the held-out test split, masks chosen on calibration images from the val split.</p>",
         "<h2>Headline</h2>",
         _table(header, rows),
-        f"<p>Oracle (every true zero skipped): {r['oracle_pct_network']:.2f}% of network "
-        f"({r['oracle_pct_sites']:.2f}% of sites).</p>",
+        f"<p>Oracle (every true zero skipped): {r.oracle_pct_network:.2f}% of network "
+        f"({r.oracle_pct_sites:.2f}% of sites).</p>",
     ]
     for title, fig in figs:
         parts.append(f"<figure><figcaption>{html.escape(title)}</figcaption>"

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from ..result import Result  # noqa: E402
 from .load import Run  # noqa: E402
 
 MODE_STYLE = {
@@ -38,8 +39,8 @@ def savings_vs_eps(run: Run):
         for mode, by_eps in run.results.items():
             color, marker = _style(mode)
             eps = sorted(by_eps)
-            ax.plot(eps, [by_eps[e][key] for e in eps], color=color, marker=marker, label=mode)
-        ax.axhline(any_result[oracle_key], color="gray", linestyle="--", label="oracle (all true zeros)")
+            ax.plot(eps, [getattr(by_eps[e], key) for e in eps], color=color, marker=marker, label=mode)
+        ax.axhline(getattr(any_result, oracle_key), color="gray", linestyle="--", label="oracle (all true zeros)")
         if run.baseline:
             b = run.baseline
             ax.plot([max(0.0, b["calib"]["drop"])], [b["test"][key]], **BASELINE,
@@ -65,7 +66,7 @@ def modes_bars(run: Run):
     for i, mode in enumerate(modes):
         color, _ = _style(mode)
         xs = [k + (i - (len(modes) - 1) / 2) * width for k in range(len(eps))]
-        ys = [run.results[mode][e]["macs_saved_pct_network"] if e in run.results[mode] else 0 for e in eps]
+        ys = [run.results[mode][e].macs_saved_pct_network if e in run.results[mode] else 0 for e in eps]
         bars = ax.bar(xs, ys, width, color=color, label=mode)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
         top = max([top, *ys])
@@ -89,9 +90,9 @@ def _finish(fig, ax, ylabel: str, title: str):
     return fig
 
 
-def per_site(result: dict, title: str):
+def per_site(result: Result, title: str):
     """Per site: its share of network MACs, the MACs saved there and its oracle (% of network)."""
-    rows = result.get("per_site") or []
+    rows = result.per_site or []
     if not rows:
         return None
     names = [r["name"] for r in rows]
@@ -149,7 +150,7 @@ def masks_of_site(masks_path: Path, site: str, title: str, limit: int = 256):
 def trajectory(run: Run, mode: str):
     """The layer quantizer's path: calibration accuracy against MACs saved, chosen points marked."""
     by_eps = run.results[mode]
-    steps = next(iter(by_eps.values()))["trajectory"]
+    steps = next(iter(by_eps.values())).trajectory
     if not steps:
         return None
     color, marker = _style(mode)
@@ -166,11 +167,11 @@ def trajectory(run: Run, mode: str):
     if cut:
         ax.scatter([s["macs_saved_pct_network"] for s in cut], [s["calib_accuracy"] for s in cut],
                    facecolors="none", edgecolors="gray", s=18, label="cut short (accuracy at most)")  # fmt: skip
-    base = next(iter(by_eps.values()))["calib_base_accuracy"]
+    base = next(iter(by_eps.values())).calib_base_accuracy
     ax.axhline(base, color="black", linewidth=0.8, label="no prediction")
     chosen: dict[int, list[float]] = {}
     for e, r in sorted(by_eps.items()):
-        chosen.setdefault(r["chosen_step"], []).append(e)
+        chosen.setdefault(r.chosen_step, []).append(e)
     for step, eps in chosen.items():
         s = steps[step]
         ax.plot(s["macs_saved_pct_network"], s["calib_accuracy"], marker=marker, color=color, markersize=9,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CrossneuronError
+from ..result import Result, load_result
 
 
 def _json(path: Path) -> dict:
@@ -24,8 +25,8 @@ class Run:
     path: Path
     summary: dict
     baseline: dict | None
-    results: dict[str, dict[float, dict]]  # mode -> eps -> result.json
-    at_baseline: dict[str, dict]  # mode -> result.json at the baseline's calibration drop
+    results: dict[str, dict[float, Result]]  # mode -> eps -> result.json
+    at_baseline: dict[str, Result]  # mode -> result.json at the baseline's calibration drop
     records: dict = field(default_factory=dict)  # stage counts, estimated, cut short, seconds
     retrain: list[dict] = field(default_factory=list)  # retrain.json files found under the run
 
@@ -37,13 +38,13 @@ class Run:
     def eps(self) -> list[float]:
         return sorted({e for r in self.results.values() for e in r})
 
-    def any_result(self) -> dict:
+    def any_result(self) -> Result:
         return next(iter(next(iter(self.results.values())).values()))
 
-    def headline(self) -> tuple[str, float, dict]:
+    def headline(self) -> tuple[str, float, Result]:
         """The mode saving the most network MACs at the largest epsilon, with that result."""
         eps = max(self.eps)
-        mode = max(self.results, key=lambda m: self.results[m][eps]["macs_saved_pct_network"])
+        mode = max(self.results, key=lambda m: self.results[m][eps].macs_saved_pct_network)
         return mode, eps, self.results[mode][eps]
 
 
@@ -53,12 +54,12 @@ def load_run(path: str | Path) -> Run:
         raise CrossneuronError(f"{path} is not a folder: pass the --out folder of `crossneuron optimize`")
     summary = _json(path / "summary.json")
     baseline = _json(path / "baseline.json") if (path / "baseline.json").exists() else None
-    results: dict[str, dict[float, dict]] = {}
+    results: dict[str, dict[float, Result]] = {}
     at_baseline = {}
     for mode, info in summary.get("modes", {}).items():
-        results[mode] = {float(e): _json(path / mode / f"eps-{e}" / "result.json") for e in info["eps"]}
+        results[mode] = {float(e): load_result(path / mode / f"eps-{e}" / "result.json") for e in info["eps"]}
         if (path / mode / "at-baseline" / "result.json").exists():
-            at_baseline[mode] = _json(path / mode / "at-baseline" / "result.json")
+            at_baseline[mode] = load_result(path / mode / "at-baseline" / "result.json")
     if not results:
         raise CrossneuronError(f"{path / 'summary.json'} lists no modes: the search did not finish; re-run it")
     retrain = [_json(p) for p in sorted(path.glob("retrain*/retrain.json"))]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from ..result import Result
 from .load import Run
 
 TABLE_EPS = (0.0, 0.5, 1.0, 3.0, 5.0)
 
 
-def _cell(result: dict | None) -> str:
+def _cell(result: Result | dict | None) -> str:
+    """% of network (% of sites) of a Result or of a measurement dict."""
     if result is None:
         return "-"
-    return f"{result['macs_saved_pct_network']:.2f} ({result['macs_saved_pct_sites']:.2f})"
+    get = result.get if isinstance(result, dict) else lambda k: getattr(result, k)
+    return f"{get('macs_saved_pct_network'):.2f} ({get('macs_saved_pct_sites'):.2f})"
 
 
 def headline_rows(run: Run) -> tuple[list[str], list[list[str]]]:
@@ -21,7 +24,7 @@ def headline_rows(run: Run) -> tuple[list[str], list[list[str]]]:
     rows = []
     for mode, by_eps in run.results.items():
         at = run.at_baseline.get(mode)
-        ours = f"{_cell(at)} / {at['test_drop']:.2f}" if at else "-"
+        ours = f"{_cell(at)} / {at.test_drop:.2f}" if at else "-"
         rows.append([mode] + [_cell(by_eps.get(e)) for e in TABLE_EPS] + [base_cell, ours])
     return header, rows
 
@@ -35,8 +38,8 @@ def markdown(run: Run) -> str:
         "",
         "MACs saved on the test split in % of network MACs (in brackets: % of site MACs, the 2019 denominator); "
         "'/ x' is the test accuracy drop in points. eps is the budget on the calibration images; '-' where the run "
-        f"did not ask for it. Oracle: {r['oracle_pct_network']:.2f} ({r['oracle_pct_sites']:.2f}). "
-        f"Test images: {r['test_images']}, no-prediction test accuracy {r['test_base_accuracy']:.2f}%.",
+        f"did not ask for it. Oracle: {r.oracle_pct_network:.2f} ({r.oracle_pct_sites:.2f}). "
+        f"Test images: {r.test_images}, no-prediction test accuracy {r.test_base_accuracy:.2f}%.",
     ]
     if run.retrain:
         lines += ["", "| retrained | epochs | test accuracy before -> after | MACs saved before -> after |",
@@ -45,9 +48,6 @@ def markdown(run: Run) -> str:
             b, a = t["before"]["test"], t["after"]["test"]
             lines.append(f"| {t['mode']} eps {t['eps']:g} | {t['epochs']} | "
                          f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (no prediction {t['base_accuracy']:.2f}) | "
-                         f"{_cell(_pct(b))} -> {_cell(_pct(a))} |")  # fmt: skip
+                         f"{_cell(b)} -> {_cell(a)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
-
-def _pct(m: dict) -> dict:
-    return {"macs_saved_pct_network": m["macs_saved_pct_network"], "macs_saved_pct_sites": m["macs_saved_pct_sites"]}

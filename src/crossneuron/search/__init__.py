@@ -1,7 +1,11 @@
-"""The mask search (SPEC 6): targets, quantizers, evaluation engines, records and results."""
+"""The mask search (SPEC 6): modes, stages, quantizers, evaluation engines and records."""
 
-from .engine import EvalResult, NaiveEngine
+from .engine import Engine, NaiveEngine
+from .modes import MODES, Mode
+from .options import SearchOptions
 from .plan import Piece, SitePlan
-from .run import SearchOptions, run_search
+from .records import EvalResult
+from .run import ModeResult, Search
 
-__all__ = ["EvalResult", "NaiveEngine", "Piece", "SearchOptions", "SitePlan", "run_search"]
+__all__ = ["MODES", "Engine", "EvalResult", "Mode", "ModeResult", "NaiveEngine", "Piece", "Search", "SearchOptions",
+           "SitePlan"]  # fmt: skip

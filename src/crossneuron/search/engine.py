@@ -1,35 +1,41 @@
 """Evaluation engines: evaluate a set of per-site masks on the calibration images.
 
-An engine is any object with ``base`` (the EvalResult of no prediction), ``images`` and
-``evaluate(masks, min_correct=None) -> EvalResult`` where ``masks`` maps site index -> (C, Hp, Wp) bool mask (sites
-absent predict nothing). ``NaiveEngine`` is the reference: one full forward pass per evaluation.
+``Engine`` is the whole contract a search relies on; ``NaiveEngine`` is the reference (one full
+forward pass per evaluation), ``fast.FastEngine`` the exact accelerated one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ..net import PredictiveNet
 from ..precision import full_fp32
+from .records import EvalResult
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    correct: int
+@runtime_checkable
+class Engine(Protocol):
+    """All a search needs of an engine.
+
+    - ``name``: stored with every record it makes.
+    - ``images``: the number of calibration images; ``base``: the record of no prediction.
+    - ``batches``: the calibration images as (normalised images, labels) batches on the net's device
+      (the screen's gradient pass reads them).
+    - ``evaluate(masks, min_correct)``: ``masks`` maps site index -> (C, Hp, Wp) bool mask (absent
+      sites predict nothing); with ``min_correct`` the engine may stop once fewer images can be
+      right and return an upper bound with ``cut_short`` set. The result must not depend on what
+      was evaluated before (records are memoised and reused across runs).
+    """
+
+    name: ClassVar[str] | str
     images: int
-    macs_saved: int  # total over the images
-    mispredicted: int
-    seconds: float = 0.0
-    cut_short: bool = False  # stopped once it could not reach min_correct: correct is an upper bound,
-    # macs_saved and mispredicted cover only the images seen
-    estimated: bool = False  # screened: correct is a first-order estimate (macs_saved, mispredicted exact)
+    base: EvalResult
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
 
-    @property
-    def accuracy(self) -> float:
-        return 100.0 * self.correct / self.images
+    def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult: ...
 
 
 class NaiveEngine:

@@ -24,7 +24,8 @@ import torch.fx as fx
 
 from ..net import PredictiveNet
 from ..precision import full_fp32
-from .engine import EvalResult, NaiveEngine
+from .engine import NaiveEngine
+from .records import EvalResult
 
 SPATIAL_PREFIX = "crossneuron_spatial."
 

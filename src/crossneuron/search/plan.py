@@ -2,7 +2,7 @@
 
 Pieces are applied in order to an all-true (C, Hp, Wp) mask; each tiles its pattern over its
 region (the whole map or one block, one channel or all). This is the form results and records
-store; ``full_mask`` expands it.
+store; ``plan_mask`` expands it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def block_grid(mask_shape: tuple[int, int, int], side: int) -> list[tuple[slice,
     ]
 
 
-def full_mask(plan: SitePlan, mask_shape: tuple[int, int, int], p: int, side: int) -> torch.Tensor | None:
+def plan_mask(plan: SitePlan, mask_shape: tuple[int, int, int], p: int, side: int) -> torch.Tensor | None:
     """The (C, Hp, Wp) bool mask of a plan; None for the empty plan (no prediction)."""
     if not plan:
         return None

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .engine import EvalResult
 from .plan import SitePlan
+from .records import EvalResult
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ def combine_slope(sub_options: Sequence[Sequence[Option]], count: int | None = N
             configs.append(tuple(p for j in sorted(choice) for p in sub_options[j][choice[j]].plan))
             level = taken * count // total + 1  # the next even step not yet reached
     return configs[::-1]
+
+
+COMBINERS = {"slope": combine_slope, "rank": combine}  # --combine: the patch/channel quantizer's candidates
 
 
 def _turns_up(a: tuple, b: tuple, c: tuple) -> bool:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..net import PredictiveNet
 from ..patterns import code_to_pattern
 from ..precision import full_fp32
-from .engine import EvalResult
 from .plan import SitePlan
+from .records import EvalResult
 
 
 @dataclass

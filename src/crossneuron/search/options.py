@@ -1,0 +1,63 @@
+"""``SearchOptions``: everything that decides what a search evaluates (its records' identity)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..errors import CrossneuronError
+from ..patterns import check_ones
+from .modes import parse_modes
+from .quantize import COMBINERS
+
+BASELINES = ("diagonal",)  # reference masks a search can evaluate (and refine can start from)
+
+
+@dataclass
+class SearchOptions:
+    modes: list[str] = field(default_factory=lambda: ["uniform-layer"])
+    patch_size: int = 2
+    ones: tuple[int, int] | None = None  # None: 1 .. p*p-1
+    gt: float = 10.0
+    eps: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 3.0])
+    top_m: int | None = None
+    calib: int = 1000
+    batch_size: int = 500
+    seed: int = 0
+    couple: str = "none"  # none | residual | explicit groups "a+b,c+d" of site names
+    screen: bool = False  # estimate targets below site level; exact only near the epsilon boundary
+    screen_band: float = 1.0  # points around the largest epsilon where a screened estimate is re-evaluated
+    screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
+    refine: bool = False  # after the layer quantizer, a forward greedy with joint acceptance per eps
+    combine: str = "slope"  # patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6)
+    # the reference every search evaluates on its calibration images (the 2018 diagonal at every
+    # site; None: none); with refine, a second pass starts from it at its own calibration drop
+    baseline: str | None = "diagonal"
+
+    def check(self, val_size: int | None = None) -> None:
+        self.modes = parse_modes(self.modes)
+        self.ones = check_ones(self.patch_size, self.ones)
+        if not self.eps or not all(isinstance(e, (int, float)) and math.isfinite(e) and 0 <= e <= 100
+                                   for e in self.eps):  # fmt: skip
+            raise CrossneuronError(f"epsilon must be >= 0 and <= 100 percentage points, got {self.eps}")
+        if not (math.isfinite(self.gt) and self.gt >= 0):
+            raise CrossneuronError(f"GT must be >= 0 (0 means single p x p patches), got {self.gt}")
+        if self.top_m is not None and self.top_m < 1:
+            raise CrossneuronError(f"top-M must be at least 1, got {self.top_m}")
+        if self.calib < 1 or (val_size is not None and self.calib > val_size):
+            raise CrossneuronError(f"calibration size must be 1..{val_size} (the val split's size), got {self.calib}")
+        if not (math.isfinite(self.screen_band) and self.screen_band >= 0) or self.screen_check < 0:
+            raise CrossneuronError(
+                f"--screen-band and --screen-check must be >= 0, got {self.screen_band} and {self.screen_check}"
+            )
+        if self.combine not in COMBINERS:
+            raise CrossneuronError(f"unknown --combine '{self.combine}': choose {' or '.join(COMBINERS)}")
+        if self.batch_size < 1:
+            raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        d["ones"] = list(self.ones) if self.ones else None
+        return d

@@ -1,0 +1,191 @@
+"""The stages of one mode's search, as functions over a ``Stages`` context (SPEC 6):
+
+first level -> the mode's quantizer chain (``modes.Mode.chain``) -> layer quantizer -> refine ->
+refine's seeded pass. Every evaluation goes through the ``Evaluator`` (memoised in the store);
+the decisions are the pure functions of ``quantize.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .evaluator import Evaluator, Space
+from .modes import QUANTIZERS, Key, Mode
+from .options import SearchOptions
+from .plan import Piece, SitePlan
+from .progress import Progress
+from .quantize import COMBINERS, Option, Step, forward_quantize, layer_quantize, rank
+from .records import EvalResult
+from .store import Where
+
+
+@dataclass
+class Stages:
+    space: Space
+    ev: Evaluator
+    options: SearchOptions
+    progress: Progress
+    screen_checks: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def base(self) -> EvalResult:
+        return self.ev.base
+
+    def rank(self, options: list[Option]) -> list[Option]:
+        """Options within the largest epsilon, ranked (SPEC 6), at most top-M."""
+        return rank(options, self.base, self.ev.eps, self.options.top_m)
+
+
+def first_level(st: Stages, mode: Mode) -> dict[Key, list[Option]]:
+    """Target -> ranked options, each pattern evaluated with only that target predicting; targets below
+    site level take the screen's estimate in a screened search."""
+    if st.ev.screener is not None and mode.below_site:
+        return _first_level_screened(st, mode)
+    targets = mode.targets(st.space.channels(), st.space.blocks())
+    total, done, ranked = len(targets) * len(st.space.codes), 0, {}
+    for site, channel, block in targets:
+        opts = []
+        for code in st.space.codes:
+            plan = (Piece(channel, block, code),)
+            where = Where("first", mode.name, site, channel, block, pattern=code)
+            result = st.ev.evaluate(where, {site: plan}, may_cut=True)
+            opts.append(Option(plan, result))
+            done += 1
+            st.progress(f"{mode.name}: first level", done, total, result)
+        ranked[(site, channel, block)] = st.rank(opts)
+    return ranked
+
+
+def _first_level_screened(st: Stages, mode: Mode) -> dict[Key, list[Option]]:
+    stage = f"{mode.name}: first level (screened)"
+    total = len(mode.targets(st.space.channels(), st.space.blocks())) * len(st.space.codes)
+    done, ranked, options = 0, {}, []
+    st.progress(stage, 0, total, st.base)
+    for site in st.space.sites:
+        per_target: dict[Key, list[Option]] = {}
+        for (channel, block, code), est in st.ev.screener.first_level(site, mode.by_channel, mode.by_block).items():
+            plan = (Piece(channel, block, code),)
+            where = Where("first", mode.name, site, channel, block, pattern=code)
+            option = Option(plan, st.ev.screened(where, site, plan, est))
+            per_target.setdefault((site, channel, block), []).append(option)
+            options.append(((site, channel, block), option))
+            st.progress.seen(option.result)
+        done += len(per_target) * len(st.space.codes)
+        st.progress(stage, done, total)
+        st.ev.flush()
+        ranked.update({t: st.rank(o) for t, o in per_target.items()})
+    check = check_screen(st, mode.name, options)
+    if check is not None:
+        st.screen_checks[mode.name] = check
+    return ranked
+
+
+def check_screen(st: Stages, mode: str, estimates: list[tuple[Key, Option]]) -> dict | None:
+    """Evaluate a fixed random sample of screened first-level estimates exactly; the proxy's rank
+    correlation with exact accuracy and its error (None when nothing was estimated)."""
+    from .screen import spearman
+
+    pool = [(t, o) for t, o in estimates if o.result.estimated]
+    if not pool or not st.options.screen_check:
+        return None
+    rng = np.random.default_rng(st.options.seed)
+    sample = [pool[i] for i in sorted(rng.permutation(len(pool))[: st.options.screen_check])]
+    est, exact = [], []
+    for (site, channel, block), option in sample:
+        where = Where("check", mode, site, channel, block, pattern=option.plan[0].code)
+        exact.append(st.ev.evaluate(where, {site: option.plan}).correct)
+        est.append(option.result.correct)
+    return {
+        "sample": len(sample),
+        "spearman": spearman(est, exact),
+        "mean_abs_error_points": float(np.mean(np.abs(np.array(est) - np.array(exact)))) * 100.0 / st.base.images,
+        "estimated_records": len(pool),
+        "band_points": st.options.screen_band,
+    }
+
+
+def quantize(st: Stages, mode: str, stage: str, units: dict[Key, list[list[Option]]]) -> dict[Key, list[Option]]:
+    """One quantizer (``patch`` or ``channel``): per unit, candidates from its sub-targets' options
+    (``--combine``), each evaluated with only its site predicting (screened below site level)."""
+    combine = COMBINERS[st.options.combine]
+    total = sum(max((len(o) for o in subs), default=0) for subs in units.values())
+    done, out = 0, {}
+    for (site, channel, block), subs in units.items():
+        opts = []
+        for k, plan in enumerate(combine(subs)):
+            where = Where(stage, mode, site, channel, block, candidate=k)
+            if st.ev.screener is not None and (channel, block) != (None, None):  # below site level
+                opts.append(Option(plan, st.ev.screened(where, site, plan)))
+            else:
+                opts.append(Option(plan, st.ev.evaluate(where, {site: plan}, may_cut=True)))
+            done += 1
+            st.progress(f"{mode}: {stage} quantizer", done, total, opts[-1].result)
+        out[(site, channel, block)] = st.rank(opts)
+    st.ev.flush()
+    return out
+
+
+def _merge(level: dict[Key, list[Option]], dimension: str) -> dict[Key, list[list[Option]]]:
+    """Units of the next quantizer: the targets of ``level`` grouped with ``dimension`` set to all,
+    each unit's sub-targets in channel and block order."""
+    units: dict[Key, list[list[Option]]] = {}
+    for site, channel, block in sorted(level, key=lambda k: tuple(-1 if v is None else v for v in k)):
+        unit = (site, None, block) if dimension == "channel" else (site, channel, None)
+        units.setdefault(unit, []).append(level[(site, channel, block)])
+    return units
+
+
+def site_options(st: Stages, mode: Mode) -> dict[int, list[Option]]:
+    """Each site's ranked options for the layer quantizer: the first level merged by the mode's chain."""
+    level = first_level(st, mode)
+    for stage in mode.chain:
+        level = quantize(st, mode.name, stage, _merge(level, QUANTIZERS[stage]))
+    return {site: level[(site, None, None)] for site in st.space.sites}
+
+
+def layer_stage(st: Stages, mode: str, units, options, plans_by_step: list) -> list[Step]:
+    """SPEC 6's layer quantizer; every step evaluated on the whole network (cut short outside the
+    largest epsilon: moves follow isolated records and ``pick`` never takes a step cut short)."""
+    total = sum(len(v) for v in options.values()) + 1
+
+    def evaluate(plans: dict[int, SitePlan], step: int) -> EvalResult:
+        plans_by_step.append(plans)
+        result = st.ev.evaluate(Where("layer", mode, candidate=step), plans, may_cut=True)
+        st.progress(f"{mode}: layer quantizer", step + 1, total, result)
+        return result
+
+    return layer_quantize(units, options, st.base, evaluate)
+
+
+def refine_stage(st: Stages, mode: str, units, options, plans_by_step: list, start: int,
+                 eps: list[float], seed: dict[int, int] | None = None) -> list[Step]:  # fmt: skip
+    """``quantize.forward_quantize`` from no prediction (or from ``seed``), steps numbered from ``start``."""
+    total = sum(len(v) for v in options.values()) + 1
+
+    def evaluate(plans: dict[int, SitePlan], step: int, cut: float) -> EvalResult:
+        plans_by_step.append(plans)
+        result = st.ev.evaluate(Where("refine", mode, candidate=step), plans, may_cut=True, cut_eps=cut)
+        st.progress(f"{mode}: refine", step + 1 - start, total, result)
+        return result
+
+    return forward_quantize(units, options, st.base, evaluate, eps, start, seed)
+
+
+def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],
+              seed_plans: dict[int, SitePlan]) -> tuple[dict[int, list[Option]], dict[int, int]]:  # fmt: skip
+    """Each site's options with the seed's plan among them (evaluated alone where it is not, and
+    placed by MACs saved), and the seed as an index into each list."""
+    out, seed = {}, {}
+    for site, opts in options.items():
+        plan = seed_plans[site]
+        index = next((k for k, o in enumerate(opts) if o.plan == plan), None)
+        if index is None:
+            option = Option(plan, st.ev.evaluate(Where("seed", mode, site=site), {site: plan}))
+            key = (-option.result.macs_saved, -option.result.correct)
+            index = next((k for k, o in enumerate(opts) if (-o.result.macs_saved, -o.result.correct) > key),
+                         len(opts))  # fmt: skip
+            opts = [*opts[:index], option, *opts[index:]]
+        out[site], seed[site] = opts, index
+    return out, seed
