@@ -26,7 +26,8 @@ import torch
 
 from crossneuron.context import open_checkpoint
 from crossneuron.optimize import make_engine
-from crossneuron.search.run import Search, SearchOptions
+from crossneuron.search.options import SearchOptions
+from crossneuron.search.run import Search
 from crossneuron.search.store import Store
 
 
@@ -75,8 +76,8 @@ def main() -> None:
             net, eng, _ = make_engine(engine, ctx, opts)
             store = Store(Path(tmp) / engine / "records.sqlite", {"engine": engine})
             search = Search(net, eng, store, opts)
-            for mode in opts.modes:
-                search.run_mode(mode)
+            for _ in search.run():  # every mode (and the baseline record, since 0.4)
+                pass
             times[engine] = time.perf_counter() - t0
             recs[engine] = records(Path(tmp) / engine)
             print(f"{engine:6s} {times[engine]:8.1f} s  {store.count()} evaluations")
@@ -103,7 +104,7 @@ def part_b(args) -> None:
     import random
 
     from crossneuron.patterns import pattern_codes
-    from crossneuron.search.plan import Piece, block_grid, block_side, full_mask
+    from crossneuron.search.plan import Piece, block_grid, block_side, plan_mask
 
     a, b = (int(v) for v in args.ones.split("-"))
     ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
@@ -130,7 +131,7 @@ def part_b(args) -> None:
     for i, (site, shape, side, channel, block, code) in enumerate(sample):
         if i and i % 20 == 0:
             print(f"  {i} targets: " + ", ".join(f"{n} {t:.1f} s" for n, t in times.items()), flush=True)
-        mask = full_mask((Piece(channel, block, code),), shape, p, side)
+        mask = plan_mask((Piece(channel, block, code),), shape, p, side)
         for name, engine in engines.items():
             t0 = time.perf_counter()
             r = engine.evaluate({site: mask})

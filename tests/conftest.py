@@ -24,3 +24,47 @@ def relu_map():
 
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# -- one tiny checkpoint and its searches, shared by every module that needs them -----------------
+# (training or searching once per module made the suite slower for nothing; tests that change a run
+# folder copy it first)
+TINY = dict(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=4, batch_size=64, lr=0.05)
+OPTIONS = dict(patch_size=2, ones=(1, 1), gt=4, eps=[0.0, 1.0, 5.0], calib=100, batch_size=100)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    from crossneuron.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny") / "ckpt"
+    train(TrainConfig(**TINY), out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def full_run(ckpt, tmp_path_factory):
+    """Every mode, exact, naive engine (the reference the other engines and options are checked against)."""
+    from crossneuron.context import open_checkpoint
+    from crossneuron.optimize import optimize
+    from crossneuron.search.modes import MODES
+    from crossneuron.search.options import SearchOptions
+
+    out = tmp_path_factory.mktemp("search") / "run"
+    ctx = open_checkpoint(ckpt)
+    summary = optimize(ctx, SearchOptions(modes=list(MODES), **OPTIONS), out)
+    return ctx, out, summary
+
+
+@pytest.fixture(scope="session")
+def screened_run(ckpt, tmp_path_factory):
+    """Every mode, screened, fast engine (the report reads it too)."""
+    from crossneuron.context import open_checkpoint
+    from crossneuron.optimize import optimize
+    from crossneuron.search.modes import MODES
+    from crossneuron.search.options import SearchOptions
+
+    out = tmp_path_factory.mktemp("screened") / "run"
+    options = SearchOptions(modes=list(MODES), screen=True, screen_band=0.5, screen_check=10, **OPTIONS)
+    summary = optimize(open_checkpoint(ckpt), options, out, engine_name="fast")
+    return options, out, summary

@@ -47,3 +47,33 @@ def test_cifar_resnet18_reference_numbers():
     )
     one = sum(s.positions * convs[c].in_channels for s in net.sites for c in s.convs if convs[c].kernel_size == (1, 1))
     assert three == 549_126_144 and one == 6_291_456
+
+
+class FunctionalHead(torch.nn.Module):
+    """A functional conv in front, a conv module with BN in the middle, a matmul and F.linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.proj = torch.nn.Parameter(torch.randn(16, 12))
+        self.fc_w = torch.nn.Parameter(torch.randn(10, 12))
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(torch.nn.functional.conv2d(x, self.w1, padding=1, stride=2))
+        x = torch.nn.functional.relu(self.bn(self.conv(x)))
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return torch.nn.functional.linear(torch.matmul(x, self.proj), self.fc_w)
+
+
+def test_functional_convs_matmul_and_linear_heads_count_in_network_macs():
+    """By hand, input 3x8x8: F.conv2d stride 2 -> 8x4x4 outputs of 3*3*3 MACs; conv 8->16 3x3 on 4x4 -> 16x4x4
+    outputs of 8*3*3 MACs; matmul 16 -> 12; F.linear 12 -> 10. Counting modules only (before 0.4) gave the
+    conv module's 18,432 alone."""
+    net = cn.attach(FunctionalHead(), (3, 8, 8))
+    by_hand = 8 * 4 * 4 * 27 + 16 * 4 * 4 * 72 + 16 * 12 + 12 * 10
+    assert net.network_macs == by_hand == 22_200
+    assert net.site_macs == 16 * 4 * 4 * 72  # the site after the conv module (SPEC 1 walks modules)
+    stats = net.stats()
+    assert stats.network_macs == by_hand

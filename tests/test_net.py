@@ -97,16 +97,26 @@ def test_set_mask_forms_are_equivalent(small):
     assert net.spatial(site).mask is buffer  # changed in place
 
 
-def test_odd_sizes_pad_and_never_count_padding():
+@pytest.mark.parametrize("seed", range(4))
+def test_odd_sizes_pad_and_never_count_padding(seed):
+    """5x7 maps with p = 3 pad to 6x9: the counts equal the loop reference's, which treats padding as zero
+    and counts only positions inside the real 5x7 (so they cannot exceed 2 images x 2 channels x 35)."""
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU())
     net = cn.attach(model, (1, 5, 7), patch_size=3)
     assert net.spatial(0).mask.shape == (2, 6, 9)
-    net.set_mask(0, cn.diagonal(3))
-    x = sparse_relu_map((2, 1, 5, 7), zero_fraction=0.5, seed=3) - 0.5
-    net(x)
-    stats = net.stats()
-    assert stats.per_site[0].predicted <= 2 * 2 * 5 * 7 * 6 // 9 + 2 * 2 * 5 * 7
-    assert stats.oracle_macs <= 2 * 2 * 5 * 7 * 9
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(2, 6, 9, generator=g) < 0.4
+    net.set_mask(0, mask)
+    x = sparse_relu_map((2, 1, 5, 7), zero_fraction=0.5, seed=seed) - 0.5
+    with torch.no_grad():
+        relu = model(x)
+        out = net(x)
+    expected, predicted, mispredicted = predict_loop(relu, mask, 3)
+    stats = net.stats().per_site[0]
+    assert torch.equal(out, expected)
+    assert (stats.predicted, stats.mispredicted) == (predicted, mispredicted)
+    assert stats.zeros == int((relu == 0).sum())  # the oracle: true zeros inside 5x7 only
+    assert stats.macs_saved == predicted * 9 and predicted <= 2 * 2 * 35
 
 
 @pytest.mark.parametrize(

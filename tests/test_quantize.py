@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossneuron.search.engine import EvalResult
-from crossneuron.search.plan import Piece, block_grid, block_side, full_mask
+from crossneuron.search.plan import Piece, block_grid, block_side, plan_mask
 from crossneuron.search.quantize import Option, combine, layer_quantize, pick, rank, within
+from crossneuron.search.records import EvalResult
 
 BASE = EvalResult(correct=900, images=1000, macs_saved=0, mispredicted=0)
 
@@ -91,17 +91,17 @@ def test_blocks_and_full_masks():
     assert block_side(4, 4, 2, 10) == 2
     grid = block_grid((1, 32, 32), 12)
     assert len(grid) == 9 and grid[-1] == (slice(24, 32), slice(24, 32))
-    mask = full_mask((Piece(1, 4, 9),), (2, 32, 32), 2, 12)
+    mask = plan_mask((Piece(1, 4, 9),), (2, 32, 32), 2, 12)
     assert mask[0].all() and mask[1, :12].all() and not mask[1, 12:24, 12:24].all()
     assert mask[1, 12, 12] and not mask[1, 12, 13] and mask[1, 13, 13]  # diagonal tiled in the block
-    assert full_mask((), (2, 4, 4), 2, 2) is None
+    assert plan_mask((), (2, 4, 4), 2, 2) is None
 
 
 @pytest.mark.parametrize("p, h, w", [(3, 7, 7), (2, 5, 3)])
 def test_full_mask_tiles_align_with_patches(p, h, w):
     hp, wp = -(-h // p) * p, -(-w // p) * p
     side = block_side(h, w, p, 1)
-    mask = full_mask((Piece(None, None, 1),), (1, hp, wp), p, side)
+    mask = plan_mask((Piece(None, None, 1),), (1, hp, wp), p, side)
     assert mask.sum() == (hp // p) * (wp // p)  # one computed position (bit 0) per patch
 
 

@@ -7,30 +7,23 @@ import subprocess
 
 import pytest
 
-from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
-from crossneuron.optimize import optimize
 from crossneuron.report import build_report
-from crossneuron.search.run import SearchOptions
-from crossneuron.train import TrainConfig, train
+from crossneuron.search.modes import MODES
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    ckpt = root / "ckpt"
-    train(TrainConfig(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=3, batch_size=64, lr=0.05),
-          ckpt, quiet=True)  # fmt: skip
-    options = SearchOptions(modes=["uniform-layer", "uniform-patch"], patch_size=2, ones=(1, 2), gt=4,
-                            eps=[0.0, 1.0, 5.0], calib=100, batch_size=100, screen=True, screen_check=5)  # fmt: skip
-    optimize(open_checkpoint(ckpt), options, root / "run", engine_name="fast")
-    return root / "run"
+def run_dir(screened_run, tmp_path_factory):
+    """A copy of the shared screened run (the report writes into the run folder)."""
+    copy = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(screened_run[1], copy)
+    return copy
 
 
 def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
     made = build_report(run_dir, tmp_path / "rep")
     for name in ("savings_vs_eps", "modes_bars", "per_site", "masks_by_site", "masks_of_site",
-                 "trajectory_uniform-layer", "trajectory_uniform-patch"):  # fmt: skip
+                 *(f"trajectory_{m}" for m in MODES)):  # fmt: skip
         assert name in made["figures"]
         for ext in ("png", "svg"):
             assert (tmp_path / "rep" / f"{name}.{ext}").stat().st_size > 1000
@@ -45,7 +38,7 @@ def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(made["figures"])
     assert "src='http" not in page and 'src="http' not in page  # self-contained: nothing fetched
-    assert summary["modes"]["uniform-patch"]["screen"]["sample"] == 5 and "Spearman" in page
+    assert summary["modes"]["uniform-patch"]["screen"]["sample"] == 10 and "Spearman" in page
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):

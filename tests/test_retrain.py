@@ -1,6 +1,7 @@
 """Retraining with masks on a tiny model: gradients, BN statistics, records, evaluate round trip."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,15 +13,14 @@ from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
 from crossneuron.optimize import optimize
 from crossneuron.retrain import retrain
-from crossneuron.search.run import SearchOptions
-from crossneuron.train import TrainConfig, train
+from crossneuron.search.options import SearchOptions
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(ckpt, tmp_path_factory):
+    """The shared tiny checkpoint (copied: retraining writes beside it) and a uniform-layer search on it."""
     root = tmp_path_factory.mktemp("retrain")
-    train(TrainConfig(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=3, batch_size=64, lr=0.05),
-          root / "ckpt", quiet=True)  # fmt: skip
+    shutil.copytree(ckpt, root / "ckpt")
     options = SearchOptions(modes=["uniform-layer"], patch_size=2, ones=(1, 1), gt=4, eps=[0.0, 5.0], calib=100,
                             batch_size=100)  # fmt: skip
     optimize(open_checkpoint(root / "ckpt"), options, root / "run", engine_name="fast")

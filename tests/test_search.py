@@ -16,28 +16,12 @@ from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
 from crossneuron.evaluate import measure
 from crossneuron.optimize import calibration, optimize
-from crossneuron.search.results import full_masks, load_result
-from crossneuron.search.run import MODES, SearchOptions
+from crossneuron.result import load_result, result_masks
+from crossneuron.search.modes import MODES
+from crossneuron.search.options import SearchOptions
 from crossneuron.splits import normalise
-from crossneuron.train import TrainConfig, train
 
-OPTIONS = dict(patch_size=2, ones=(1, 1), gt=4, eps=[0.0, 1.0, 5.0], calib=100, batch_size=100)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "ckpt"
-    train(TrainConfig(model="resnet-tiny", dataset="synthetic", width=0.25, epochs=4, batch_size=64, lr=0.05),
-          out, quiet=True)  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
-def full_run(ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "run"
-    ctx = open_checkpoint(ckpt)
-    summary = optimize(ctx, SearchOptions(modes=list(MODES), **OPTIONS), out)
-    return ctx, out, summary
+from conftest import OPTIONS
 
 
 def test_every_mode_writes_results_that_evaluate_reproduces(full_run):
@@ -46,17 +30,18 @@ def test_every_mode_writes_results_that_evaluate_reproduces(full_run):
     for mode in MODES:
         saved = []
         for eps in OPTIONS["eps"]:
-            data = load_result(out / mode / f"eps-{eps:g}" / "result.json")
+            path = out / mode / f"eps-{eps:g}" / "result.json"
             keys = ("mode", "eps", "calib_accuracy", "calib_drop", "test_accuracy", "test_drop", "trajectory",
                     "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
-            assert all(key in data for key in keys)
-            assert data["calib_drop"] <= eps + 1e-9
+            assert all(key in json.loads(path.read_text()) for key in keys)
+            data = load_result(path)
+            assert data.calib_drop <= eps + 1e-9
             net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
-            again = measure(net, ctx.spec, x_test, y_test, full_masks(net, data))
-            assert again.accuracy == data["test_accuracy"]
-            assert again.macs_saved_pct_network == data["macs_saved_pct_network"]
+            again = measure(net, ctx.spec, x_test, y_test, result_masks(net, data))
+            assert again.accuracy == data.test_accuracy
+            assert again.macs_saved_pct_network == data.macs_saved_pct_network
             assert (out / mode / f"eps-{eps:g}" / "masks.safetensors").is_file()
-            saved.append(data["calib_macs_saved_pct_network"])
+            saved.append(data.calib_macs_saved_pct_network)
         assert saved == sorted(saved)  # a larger budget never saves less
         assert saved[-1] > 0, mode
     assert json.loads((out / "summary.json").read_text())["evaluations"] == summary["evaluations"]
@@ -135,7 +120,7 @@ def test_coupled_residual_sites_move_together(ckpt, tmp_path):
     ctx = open_checkpoint(ckpt)
     optimize(ctx, SearchOptions(modes=["uniform-layer"], couple="residual", **OPTIONS), tmp_path / "c")
     data = load_result(tmp_path / "c" / "uniform-layer" / "eps-5" / "result.json")
-    moved = [t["moved"] for t in data["trajectory"][1:]]
+    moved = [t["moved"] for t in data.trajectory[1:]]
     assert ["layer1.0.relu", "layer1.0.relu@1"] in moved or ["layer2.0.relu", "layer2.0.relu@1"] in moved
     assert all(len(m) == 2 for m in moved if m[0].startswith("layer"))
 
@@ -262,12 +247,11 @@ def _config_rows(folder):
     return [(r[0], r[1:]) for r in db.execute(query).fetchall()]
 
 
-def test_screened_search_runs_every_mode_and_its_exact_records_equal_naive(full_run, tmp_path):
+def test_screened_search_runs_every_mode_and_its_exact_records_equal_naive(full_run, screened_run):
     ctx, reference, _ = full_run
-    options = SearchOptions(modes=list(MODES), screen=True, screen_band=0.5, screen_check=10, **OPTIONS)
-    summary = optimize(ctx, options, tmp_path / "screen", engine_name="fast")
+    options, out, summary = screened_run
     naive = dict(_config_rows(reference))
-    screened = _config_rows(tmp_path / "screen")
+    screened = _config_rows(out)
     estimated = [r for _, r in screened if r[5]]
     assert estimated and all(r[6] in ("first", "patch") for r in estimated)  # never at site level
     min_correct = (summary["base_calib_accuracy"] - 5.0) * OPTIONS["calib"] / 100
@@ -278,18 +262,38 @@ def test_screened_search_runs_every_mode_and_its_exact_records_equal_naive(full_
         compared += 1
         assert _same(naive[config][:5], row[:5], min_correct), (config, naive[config], row)
     assert compared > 50
+    assert "screen" not in summary["modes"]["uniform-layer"]  # whole-site targets are always exact
+
+
+def test_screen_check_is_the_rank_correlation_of_its_sample(screened_run):
+    """summary's proxy check equals scipy's Spearman and the mean error recomputed from the records:
+    each sampled estimate (a first-level record, estimated) against its exact 'check' record."""
+    from scipy.stats import spearmanr
+
+    options, out, summary = screened_run
+    db = sqlite3.connect(out / "records.sqlite")
     for mode in ("uniform-patch", "uniform-filters", "max-granularity"):
         check = summary["modes"][mode]["screen"]
-        assert check["sample"] > 0 and check["estimated_records"] >= check["sample"]
-        assert -1 <= check["spearman"] <= 1 or check["spearman"] != check["spearman"]  # nan if constant
-    assert "screen" not in summary["modes"]["uniform-layer"]  # whole-site targets are always exact
+        pairs = db.execute(
+            "SELECT f.correct, c.correct, c.images FROM evals c JOIN evals f ON f.config = c.config "
+            "AND f.mode = c.mode AND f.stage = 'first' WHERE c.stage = 'check' AND c.mode = ? ORDER BY c.id", (mode,)
+        ).fetchall()
+        estimated = db.execute("SELECT COUNT(*) FROM evals WHERE mode = ? AND stage = 'first' AND estimated = 1",
+                               (mode,)).fetchone()[0]  # fmt: skip
+        assert check["sample"] == len(pairs) == min(options.screen_check, estimated) > 0
+        assert check["estimated_records"] == estimated
+        est, exact = [p[0] for p in pairs], [p[1] for p in pairs]
+        rho = spearmanr(est, exact).statistic
+        assert (check["spearman"] == pytest.approx(rho)) or (rho != rho and check["spearman"] != check["spearman"])
+        error = sum(abs(a - b) for a, b in zip(est, exact, strict=True)) / len(pairs) * 100.0 / pairs[0][2]
+        assert check["mean_abs_error_points"] == pytest.approx(error)
 
 
 def test_screen_estimates_follow_their_definition(ckpt):
     """Each target's MACs and mispredictions equal the Spatial layer's; its margin change equals
     -sum(g * a) over the positions the mask predicts, g taken by autograd through an added zero."""
     from crossneuron.search.engine import NaiveEngine
-    from crossneuron.search.plan import Piece, block_side, full_mask
+    from crossneuron.search.plan import Piece, block_side, plan_mask
     from crossneuron.search.screen import Screen, _margins
     from crossneuron.spatial import predicted_positions
 
@@ -315,7 +319,7 @@ def test_screen_estimates_follow_their_definition(ckpt):
         for code in (1, 6, 9):
             channel = int(torch.randint(shape[0], (1,), generator=g))
             for piece in (Piece(None, None, code), Piece(channel, None, code), Piece(channel, 0, code)):
-                mask = full_mask((piece,), shape, 2, sides[site.index])
+                mask = plan_mask((piece,), shape, 2, sides[site.index])
                 exact = naive.evaluate({site.index: mask})
                 est = screen.estimate(site.index, (piece,))
                 assert (est.macs_saved, est.mispredicted) == (exact.macs_saved, exact.mispredicted)
@@ -363,55 +367,40 @@ def test_every_count_is_measured_in_full_fp32_and_the_setting_is_restored(ckpt):
     assert tf32_convolutions()
 
 
-def test_site_wide_options_join_a_finer_modes_lists(ckpt, tmp_path):
-    """--site-wide: each site's list holds its quantized options and uniform-layer's (those within
-    eps), ranked together; the whole-site records are uniform-layer's first-level ones."""
+def test_slope_candidates_are_pareto_optimal_by_brute_force(ckpt, tmp_path):
+    """--combine slope on max-granularity: each channel's patch-quantizer candidate saves exactly the sum of its
+    blocks' first-level MACs and mispredictions (they add up within a site), and no choice of one option (or
+    none) per block, enumerated by brute force, saves at least as much with fewer mispredictions."""
+    import itertools
+
     from crossneuron.optimize import make_engine
-    from crossneuron.search.quantize import within
     from crossneuron.search.run import Search
-    from crossneuron.search.store import Store
-
-    ctx = open_checkpoint(ckpt)
-    opts = SearchOptions(modes=["uniform-filters"], site_wide=True, **{**OPTIONS, "ones": (1, 2)})
-    net, engine, _ = make_engine("naive", ctx, opts)
-    search = Search(net, engine, Store(tmp_path / "records.sqlite", {"test": 1}), opts)
-    plain = search._quantized_options("uniform-filters")
-    merged = search.site_options("uniform-filters")
-    whole_count = 0
-    for site, options in merged.items():
-        whole = [o for o in options if o.plan[0].channel is None and o.plan[0].block is None]
-        alone = [o for o in search.whole_site("uniform-filters", site) if within(o.result, search.base, search.eps)]
-        assert sorted(o.plan for o in whole) == sorted(o.plan for o in alone)
-        assert len(options) == len(plain[site]) + len(whole)
-        assert [o.result.macs_saved for o in options] == sorted((o.result.macs_saved for o in options), reverse=True)
-        whole_count += len(whole)
-    assert whole_count > 0
-    rows = sqlite3.connect(tmp_path / "records.sqlite").execute(
-        "SELECT count(*) FROM evals WHERE key LIKE 'first|uniform-layer|%'"
-    )
-    assert rows.fetchone()[0] == len(net.sites) * len(search.codes)
-
-
-def test_slope_combiner_builds_each_sites_candidates_from_the_first_level_records(ckpt, tmp_path):
-    """--combine slope: a max-granularity search runs to results, and each channel's patch-quantizer
-    candidates are what ``combine_slope`` makes of that channel's first-level options."""
-    from crossneuron.optimize import make_engine
-    from crossneuron.search.quantize import combine_slope, pick
-    from crossneuron.search.run import Search
+    from crossneuron.search.stages import first_level, quantize
     from crossneuron.search.store import Store
 
     ctx = open_checkpoint(ckpt)
     opts = SearchOptions(modes=["max-granularity"], combine="slope", **{**OPTIONS, "ones": (1, 2)})
     net, engine, _ = make_engine("naive", ctx, opts)
     search = Search(net, engine, Store(tmp_path / "records.sqlite", {"test": 1}), opts)
-    first = search.first_level("max-granularity")
-    units = {(s, c): [first[(s, c, b)] for b in range(search.blocks(s))]
-             for s in range(len(net.sites)) for c in range(search.shapes[s][0])}  # fmt: skip
-    per_channel = search.quantize_units("max-granularity", "patch", units)
-    for (s, c), subs in units.items():
-        made = [o.plan for o in per_channel[(s, c)]]
-        assert set(made) <= set(combine_slope(subs))  # the within-eps ones, ranked
-    result = search.run_mode("max-granularity")
-    assert pick(result.trajectory, search.base, max(opts.eps)).result.macs_saved > 0
+    first = first_level(search.stages, MODES["max-granularity"])
+    site = 1
+    units = {(site, c, None): [first[(site, c, b)] for b in range(search.space.blocks()[site])] for c in range(2)}
+    made = quantize(search.stages, "max-granularity", "patch", units)
+    checked = 0
+    for unit, subs in units.items():
+        record = {o.plan: o.result for opts_ in subs for o in opts_}
+        choices = [[None, *[o.plan for o in opts_]] for opts_ in subs]
+        points = set()
+        for combo in itertools.product(*choices):
+            chosen = [record[p] for p in combo if p is not None]
+            points.add((sum(r.mispredicted for r in chosen), sum(r.macs_saved for r in chosen)))
+        for option in made[unit]:
+            pieces = [record[(piece,)] for piece in option.plan]
+            assert (option.result.macs_saved, option.result.mispredicted) == (
+                sum(r.macs_saved for r in pieces), sum(r.mispredicted for r in pieces))
+            m, g = option.result.mispredicted, option.result.macs_saved
+            assert not any((pm <= m and pg >= g) and (pm, pg) != (m, g) for pm, pg in points), (unit, option.plan)
+            checked += 1
+    assert checked >= 2
     with pytest.raises(CrossneuronError, match="--combine"):
         SearchOptions(combine="best").check()

@@ -255,6 +255,9 @@ def optimize(
     refine: Annotated[
         bool, typer.Option(help="after the layer quantizer, a forward greedy that keeps only moves within each eps")
     ] = False,
+    refine_order: Annotated[
+        str, typer.Option(help="refine's move order: mispredictions (0.3.0) or index (0.2.2)")
+    ] = "mispredictions",
     combine: Annotated[
         str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
     ] = "slope",
@@ -278,18 +281,25 @@ def optimize(
                             eps=_floats(eps, "--eps"), top_m=top_m, calib=calib, batch_size=batch_size, seed=seed,
                             couple=couple,
                             screen=screen, screen_band=screen_band, screen_check=screen_check,
-                            refine=refine, combine=combine)  # fmt: skip
+                            refine=refine, refine_order=refine_order, combine=combine)  # fmt: skip
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:
-        plan = opt.dry_run(ctx, options, engine)
+        from .estimate import dry_run as estimate
+
+        plan = estimate(ctx, options, engine)
         if as_json:
             typer.echo(json.dumps(plan, indent=2))
             return
-        for m, info in plan.items():
-            stages = ", ".join(f"{k} {v:,}" for k, v in info["evaluations"].items())
-            typer.echo(f"{m}: {stages}; at most {info['total_at_most']:,} evaluations x "
-                       f"{info['seconds_per_evaluation']:.2f} s = {info['estimated_hours_at_most']:.2f} h")  # fmt: skip
+        per = plan["seconds_per_evaluation"]
+        typer.echo(f"measured: {per['one site']:.2f} s per evaluation with one site predicting, {per['every site']:.2f}"
+                   f" s with every site, {per['test pass']:.1f} s per test-split pass")  # fmt: skip
+        typer.echo("shared: " + ", ".join(f"{k} {v:.0f} s" for k, v in plan["shared_seconds"].items()))
+        for m, info in plan["modes"].items():
+            stages = ", ".join(f"{k} {v:,} ({info['stage_seconds'][k]:.0f} s)" for k, v in info["evaluations"].items())
+            typer.echo(f"{m}: {stages}; about {info['seconds'] / 60:.1f} min")
+        typer.echo(f"estimated total: {plan['seconds'] / 60:.1f} min (quantizer and layer counts are at most, "
+                   "refine's about)")  # fmt: skip
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]:.2f}% MACs within eps"), TimeRemainingColumn()]  # fmt: skip

@@ -20,12 +20,11 @@ from .evaluate import measure
 from .fsutil import write_json
 from .macs import pct
 from .net import attach
-from .patterns import diagonal, pattern_count
+from .patterns import diagonal
 from .result import Result, export_masks, masks_json, trajectory_json, write_result
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
-from .search.plan import block_grid, block_side
-from .search.run import MODES, ModeResult, Search, SearchOptions
+from .search.run import MODES, ModeResult, Search, SearchOptions, coupled_units
 from .search.store import Store
 from .splits import indices_hash, normalise
 
@@ -42,56 +41,23 @@ def calibration(ctx: Context, size: int, seed: int):
     return x[idx], y[idx], indices_hash(ctx.split.val[idx])
 
 
+def check_images(ctx: Context, size: int, seed: int):
+    """SPEC 5's check images: the val images the calibration draw (``size``, ``seed``) leaves out."""
+    x, y = ctx.data("val")
+    keep = np.ones(len(y), dtype=bool)
+    keep[np.random.default_rng(seed).permutation(len(y))[:size]] = False
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    return x[idx], y[idx]
+
+
 def make_engine(name: str, ctx: Context, options: SearchOptions):
     if name not in ENGINES:
         raise CrossneuronError(f"unknown engine '{name}': choose {', '.join(ENGINES)}")
     x, y, calib_hash = calibration(ctx, options.calib, options.seed)
     net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+    coupled_units(net, options.couple)  # a bad --couple fails before the engine's base pass
     engine = ENGINES[name](net, normalise(x, ctx.spec).to(ctx.device), y.to(ctx.device), options.batch_size)
     return net, engine, calib_hash
-
-
-def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", timed: int = 3) -> dict:
-    """Per mode, evaluations per stage (quantizer stages: at most) and an estimated time."""
-    options.check(len(ctx.split.val))
-    net, engine, _ = make_engine(engine_name, ctx, options)
-    p, codes = options.patch_size, pattern_count(options.patch_size, options.ones)
-    t0 = time.perf_counter()
-    for site in net.sites[:timed]:
-        engine.evaluate({site.index: net.full_mask(site, torch.eye(p, dtype=torch.bool))})
-    per_eval = (time.perf_counter() - t0) / max(1, min(timed, len(net.sites)))
-    out = {}
-    for mode in options.modes:
-        stages = {}
-        chans = sum(s.shape[0] for s in net.sites)
-        blocks = {
-            s.index: len(
-                block_grid(tuple(net.spatial(s).mask.shape), block_side(s.shape[1], s.shape[2], p, options.gt))
-            )
-            for s in net.sites
-        }
-        if mode == "uniform-layer":
-            stages["first"] = len(net.sites) * codes
-        elif mode == "uniform-patch":
-            stages["first"] = chans * codes
-            stages["channel (at most)"] = len(net.sites) * codes
-        elif mode == "uniform-filters":
-            stages["first"] = sum(blocks.values()) * codes
-            stages["patch (at most)"] = len(net.sites) * codes
-        else:
-            stages["first"] = sum(s.shape[0] * blocks[s.index] for s in net.sites) * codes
-            stages["patch (at most)"] = chans * codes
-            stages["channel (at most)"] = len(net.sites) * codes
-        if options.site_wide and mode != "uniform-layer":
-            stages["site-wide"] = len(net.sites) * codes
-            codes_at_site = 2 * codes  # each site's list may hold both kinds
-        else:
-            codes_at_site = codes
-        stages["layer (at most)"] = len(net.sites) * codes_at_site + 1
-        total = sum(stages.values())
-        out[mode] = {"evaluations": stages, "total_at_most": total, "seconds_per_evaluation": per_eval,
-                     "estimated_hours_at_most": total * per_eval / 3600}  # fmt: skip
-    return out
 
 
 def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, x_test, y_test) -> dict:
@@ -177,4 +143,4 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
     return summary
 
 
-__all__ = ["MODES", "dry_run", "optimize"]
+__all__ = ["MODES", "calibration", "check_images", "make_engine", "optimize"]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import CrossneuronError
 from ..patterns import check_ones
 from .modes import parse_modes
-from .quantize import COMBINERS
+from .quantize import COMBINERS, MOVE_ORDERS
 
 BASELINES = ("diagonal",)  # reference masks a search can evaluate (and refine can start from)
 
@@ -29,6 +29,7 @@ class SearchOptions:
     screen_band: float = 1.0  # points around the largest epsilon where a screened estimate is re-evaluated
     screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
     refine: bool = False  # after the layer quantizer, a forward greedy with joint acceptance per eps
+    refine_order: str = "mispredictions"  # refine's move order (quantize.MOVE_ORDERS)
     combine: str = "slope"  # patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6)
     # the reference every search evaluates on its calibration images (the 2018 diagonal at every
     # site; None: none); with refine, a second pass starts from it at its own calibration drop
@@ -52,6 +53,8 @@ class SearchOptions:
             )
         if self.combine not in COMBINERS:
             raise CrossneuronError(f"unknown --combine '{self.combine}': choose {' or '.join(COMBINERS)}")
+        if self.refine_order not in MOVE_ORDERS:
+            raise CrossneuronError(f"unknown --refine-order '{self.refine_order}': choose {' or '.join(MOVE_ORDERS)}")
         if self.batch_size < 1:
             raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
         if self.baseline is not None and self.baseline not in BASELINES:

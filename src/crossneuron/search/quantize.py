@@ -170,6 +170,17 @@ def move_key(now: Sequence[EvalResult], then: Sequence[EvalResult]) -> tuple[int
     return (2, gained / added if added > 0 else float("inf"))
 
 
+def ratio_key(now: Sequence[EvalResult], then: Sequence[EvalResult]) -> tuple[int, float]:
+    """0.2.2's refine order (``--refine-order index``): MACs gained per isolated accuracy lost; moves that
+    lose none rank first, among themselves in unit order (the first unit wins a tie)."""
+    gained = sum(b.macs_saved - a.macs_saved for a, b in zip(now, then, strict=True))
+    lost = sum(a.correct / a.images - b.correct / b.images for a, b in zip(now, then, strict=True))
+    return (0, gained / lost if lost > 0 else float("inf") if gained > 0 else 0.0)
+
+
+MOVE_ORDERS = {"mispredictions": move_key, "index": ratio_key}  # --refine-order
+
+
 def forward_quantize(
     units: Sequence[Sequence[int]],
     options: dict[int, Sequence[Option]],
@@ -178,6 +189,7 @@ def forward_quantize(
     eps_list: Sequence[float],
     start: int = 0,
     seed: dict[int, int] | None = None,
+    key: Callable[[Sequence[EvalResult], Sequence[EvalResult]], tuple] = move_key,
 ) -> list[Step]:
     """The ``refine`` stage (not in SPEC 6; opt-in): a forward greedy with joint acceptance.
 
@@ -187,7 +199,8 @@ def forward_quantize(
     within that epsilon, else undo it and freeze the unit; until every unit is frozen or at its
     first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
     Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
-    (``evaluate(plans, step, eps)`` may cut them short against ``eps``).
+    (``evaluate(plans, step, eps)`` may cut them short against ``eps``). ``key`` orders the moves
+    (``MOVE_ORDERS``).
 
     ``seed``: a known configuration (per site, an index into ``options``; e.g. the 2018 diagonal mask
     everywhere), evaluated first (against the largest epsilon); at each epsilon where it is within and
@@ -221,9 +234,9 @@ def forward_quantize(
                 movable = [s for s in unit if pos[s] > 0]
                 if u in frozen or not movable:
                     continue
-                key = move_key([record(s, pos[s]) for s in movable], [record(s, pos[s] - 1) for s in movable])
-                if best_key is None or key > best_key:
-                    best, best_key = u, key
+                value = key([record(s, pos[s]) for s in movable], [record(s, pos[s] - 1) for s in movable])
+                if best_key is None or value > best_key:
+                    best, best_key = u, value
             if best is None:
                 break
             before = dict(pos)

@@ -16,7 +16,7 @@ from .modes import QUANTIZERS, Key, Mode
 from .options import SearchOptions
 from .plan import Piece, SitePlan
 from .progress import Progress
-from .quantize import COMBINERS, Option, Step, forward_quantize, layer_quantize, rank
+from .quantize import COMBINERS, MOVE_ORDERS, Option, Step, forward_quantize, layer_quantize, rank
 from .records import EvalResult
 from .store import Where
 
@@ -170,7 +170,7 @@ def refine_stage(st: Stages, mode: str, units, options, plans_by_step: list, sta
         st.progress(f"{mode}: refine", step + 1 - start, total, result)
         return result
 
-    return forward_quantize(units, options, st.base, evaluate, eps, start, seed)
+    return forward_quantize(units, options, st.base, evaluate, eps, start, seed, MOVE_ORDERS[st.options.refine_order])
 
 
 def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],
