@@ -140,6 +140,11 @@ def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt,
         (["--gt", "-1"], "GT must be >= 0"),
         (["--mode", "uniform-everything"], "unknown mode 'uniform-everything'"),
         (["--calib", "5000"], "calibration size must be 1..300"),
+        (["--eps", "nan"], "epsilon must be >= 0 and <= 100"),
+        (["--eps", "0,200"], "epsilon must be >= 0 and <= 100"),
+        (["--couple", "layer1.0.relu+nosuch"], "unknown site 'nosuch'"),
+        (["--device", "foo"], "unknown --device 'foo'"),
+        (["--refine-order", "random"], "unknown --refine-order 'random'"),
     ]:
         target = tmp_path / "refused"
         proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(target), *extra),
@@ -147,6 +152,11 @@ def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt,
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
         assert not target.exists()  # refused before any work
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(afile)), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "is a file" in proc.stderr and afile.read_text() == "keep me"
 
 
 def _records(folder):

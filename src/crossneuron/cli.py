@@ -98,7 +98,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CrossneuronError as exc:
-        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")

@@ -34,7 +34,23 @@ class Context:
         return h.hexdigest()[:16]
 
 
+def check_device(device: str) -> str:
+    """A torch device this machine has, or one clear error (before any work)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CrossneuronError(f"unknown --device '{device}': use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CrossneuronError(f"--device {device}: this machine has no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CrossneuronError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise CrossneuronError(f"--device {device}: only cpu and cuda are supported")
+    return device
+
+
 def open_checkpoint(path: str | Path, data_root=None, device: str = "cpu", download: bool = False) -> Context:
+    check_device(device)
     path = Path(path)
     model, meta = checkpoint.load(path, device)
     spec = dataset_spec(meta["dataset"])

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import CrossneuronError
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then move the file into place atomically (same folder)."""
@@ -31,6 +33,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def output_folder(path: str | Path, what: str = "--out", create: bool = True) -> Path:
+    """``path`` as a folder to write into: created when missing (``create``); one clear error where it
+    is a file or cannot be created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CrossneuronError(f"{what} {path} is a file: pass a folder (it is created when missing)")
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CrossneuronError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CrossneuronError(f"{what} {path} is not writable: choose another folder")
+    return path
 
 
 def write_json(path: str | Path, data) -> None:

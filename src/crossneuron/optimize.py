@@ -17,7 +17,7 @@ from . import __version__
 from .context import Context
 from .errors import CrossneuronError
 from .evaluate import measure
-from .fsutil import write_json
+from .fsutil import output_folder, write_json
 from .macs import pct
 from .net import attach
 from .patterns import diagonal
@@ -82,8 +82,9 @@ def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test
 def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None) -> dict:
     """Run the search and write its results; returns the summary (also in summary.json)."""
     options.check(len(ctx.split.val))
-    out = Path(out)
+    out = output_folder(out, create=False)  # checked now, made once the options have passed
     net, engine, calib_hash = make_engine(engine_name, ctx, options)
+    output_folder(out)
     identity = {
         "checkpoint": str(ctx.path.resolve()),
         "weights_hash": ctx.weights_hash,

@@ -51,6 +51,9 @@ class TrainConfig:
             raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise CrossneuronError(f"--lr must be positive, got {self.lr}")
+        from .context import check_device
+
+        check_device(self.device)
 
 
 def with_masks(model: torch.nn.Module, spec, masks_path: str | None) -> torch.nn.Module:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, output_folder
 from . import figures
 from .load import Run, load_run
 from .tables import headline_rows, markdown
@@ -135,8 +135,7 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     """Write figures, ``table.md`` and ``report.html`` under ``out`` (default RUN_DIR/report)."""
     run = load_run(run_dir)
-    folder = Path(out) if out else run.path / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(Path(out) if out else run.path / "report")
     figs = _figures(run, folder)
     table = markdown(run)
     atomic_write(folder / "table.md", lambda tmp: Path(tmp).write_text(table))
