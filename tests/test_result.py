@@ -1,7 +1,6 @@
 """result.json: one schema (``result.Result``), read and written by one module, applied by ``apply_result``."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -75,19 +74,25 @@ def _bad_results(full_run):
 
 
 @pytest.mark.parametrize("case", range(10))
-def test_bad_result_files_are_one_clear_line(full_run, tmp_path, case):
-    """Through the library (CrossneuronError) and through `evaluate --masks` (exit 2, one line)."""
+def test_bad_result_files_are_one_clear_line(full_run, tmp_path, case, monkeypatch, capsys):
+    """Through the library (CrossneuronError) and through `crossneuron evaluate --masks` (the CLI's
+    ``main`` in this process: exit 2, one line on stderr, no traceback)."""
+    from crossneuron.cli import main
+
     what, data, message = _bad_results(full_run)[case]
     bad = tmp_path / "result.json"
     bad.write_text(json.dumps(data))
     with pytest.raises(CrossneuronError, match=message):
         ctx = full_run[0]
         apply_result(cn.attach(ctx.model, ctx.spec.input_shape, 2), load_result(bad))
-    args = [sys.executable, "-c", "from crossneuron.cli import main; main()", "evaluate", "--checkpoint",
-            str(full_run[0].path), "--masks", str(bad)]  # fmt: skip
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (what, proc.stderr)
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["crossneuron", "evaluate", "--checkpoint", str(full_run[0].path),
+                                      "--masks", str(bad)])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1 and message in lines[0], (what, err)
 
 
 def test_a_folder_or_missing_file_is_refused(tmp_path):

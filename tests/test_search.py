@@ -414,3 +414,20 @@ def test_slope_candidates_are_pareto_optimal_by_brute_force(ckpt, tmp_path):
     assert checked >= 2
     with pytest.raises(CrossneuronError, match="--combine"):
         SearchOptions(combine="best").check()
+
+
+def test_both_engines_satisfy_the_engine_protocol_and_a_partial_one_does_not(ckpt):
+    from crossneuron.search.engine import Engine
+
+    naive, fast = _engines(ckpt, 40, 20)
+    assert isinstance(naive, Engine) and isinstance(fast, Engine)
+    assert (naive.name, fast.name) == ("naive", "fast") and naive.images == fast.images == 40
+    assert sum(len(y) for _, y in fast.batches) == 40
+
+    class NoBatches:
+        name, images, base = "x", 1, None
+
+        def evaluate(self, masks, min_correct=None):
+            return None
+
+    assert not isinstance(NoBatches(), Engine)

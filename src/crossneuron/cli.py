@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Annotated
@@ -277,11 +278,9 @@ def optimize(
     from .search.modes import parse_modes
     from .search.options import SearchOptions
 
-    options = SearchOptions(modes=parse_modes(mode), patch_size=patch_size, ones=_ones(ones), gt=gt,
-                            eps=_floats(eps, "--eps"), top_m=top_m, calib=calib, batch_size=batch_size, seed=seed,
-                            couple=couple,
-                            screen=screen, screen_band=screen_band, screen_check=screen_check,
-                            refine=refine, refine_order=refine_order, combine=combine)  # fmt: skip
+    given = {k: v for k, v in locals().items() if k in {f.name for f in dataclasses.fields(SearchOptions)}}
+    # every option named like a SearchOptions field passes as it is; these three are parsed first
+    options = SearchOptions(**{**given, "modes": parse_modes(mode), "ones": _ones(ones), "eps": _floats(eps, "--eps")})
     ctx = open_checkpoint(checkpoint, data_root, device)
     options.check(len(ctx.split.val))
     if dry_run:
