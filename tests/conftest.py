@@ -68,3 +68,24 @@ def screened_run(ckpt, tmp_path_factory):
     options = SearchOptions(modes=list(MODES), screen=True, screen_band=0.5, screen_check=10, **OPTIONS)
     summary = optimize(open_checkpoint(ckpt), options, out, engine_name="fast")
     return options, out, summary
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``crossneuron ARGS`` in this process through the CLI's ``main`` (its error handling included):
+    returns (exit status, stdout, stderr). Much faster than a subprocess (no new torch import); the suite
+    keeps a few subprocess runs for the real entry point."""
+    from crossneuron.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["crossneuron", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -28,16 +28,17 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_bad_input_is_one_line_and_nonzero_exit():
+def test_bad_input_is_one_line_and_nonzero_exit(cli):
+    proc = _cli("sites", "--model", "resnet19")  # the real entry point, once
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "unknown model 'resnet19'" in lines[0], proc.stderr
     for args, needle in [
-        (["sites", "--model", "resnet19"], "unknown model 'resnet19'"),
         (["sites", "--input-shape", "3,32"], "--input-shape must be C,H,W"),
         (["sites", "--patch-size", "7"], "patch size must be from 2 to 5"),
     ]:
-        proc = _cli(*args)
-        assert proc.returncode == 2, proc.stderr
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        code, _, err = cli(*args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err
 
 
 def test_unknown_option_is_a_usage_error_not_a_traceback():

@@ -116,3 +116,13 @@ def test_a_mode_added_to_the_registry_alone_runs_through_every_stage(full_run, t
         return db.execute(query, (mode,)).fetchall()
 
     assert rows(tmp_path / "run", "blocks") == rows(reference, "uniform-filters")
+
+
+def test_dry_run_cli_prints_every_stage_of_a_screened_refined_search(ckpt, cli):
+    code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", ckpt.parent / "dry", "--mode", "all", "--screen",
+                         "--refine", "--calib", "100", "--gt", "4", "--ones", "1-1", "--dry-run")  # fmt: skip
+    assert code == 0, err
+    for stage in ("first", "first: exact near eps", "screen check", "patch", "channel", "layer", "refine",
+                  "seeded refine", "test measurements"):  # fmt: skip
+        assert f"{stage} " in out, stage
+    assert "estimated total" in out and not (ckpt.parent / "dry").exists()

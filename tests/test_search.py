@@ -125,7 +125,7 @@ def test_coupled_residual_sites_move_together(ckpt, tmp_path):
     assert all(len(m) == 2 for m in moved if m[0].startswith("layer"))
 
 
-def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt, tmp_path):
+def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt, tmp_path, cli):
     ctx, out, _ = full_run
     with pytest.raises(CrossneuronError, match="belongs to another search"):
         optimize(ctx, SearchOptions(modes=list(MODES), **{**OPTIONS, "gt": 6}), out)
@@ -142,21 +142,22 @@ def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt,
         (["--calib", "5000"], "calibration size must be 1..300"),
         (["--eps", "nan"], "epsilon must be >= 0 and <= 100"),
         (["--eps", "0,200"], "epsilon must be >= 0 and <= 100"),
-        (["--couple", "layer1.0.relu+nosuch"], "unknown site 'nosuch'"),
+        (["--calib", "100", "--couple", "layer1.0.relu+nosuch"], "unknown site 'nosuch'"),
         (["--device", "foo"], "unknown --device 'foo'"),
-        (["--refine-order", "random"], "unknown --refine-order 'random'"),
+        (["--calib", "100", "--refine-order", "random"], "unknown --refine-order 'random'"),
     ]:
         target = tmp_path / "refused"
-        proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(target), *extra),
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        code, _, err = cli("optimize", "--checkpoint", ckpt, "--out", target, *extra)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err
         assert not target.exists()  # refused before any work
     afile = tmp_path / "afile"
     afile.write_text("keep me")
-    proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(afile)), capture_output=True,
+    proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(afile), "--calib", "100"),
+                          capture_output=True,
                           text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 2 and "is a file" in proc.stderr and afile.read_text() == "keep me"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]  # the real entry point, once
+    assert proc.returncode == 2 and len(lines) == 1 and "is a file" in lines[0] and afile.read_text() == "keep me"
 
 
 def _records(folder):
@@ -431,3 +432,21 @@ def test_both_engines_satisfy_the_engine_protocol_and_a_partial_one_does_not(ckp
             return None
 
     assert not isinstance(NoBatches(), Engine)
+
+
+def test_refine_with_two_orders_keeps_both_passes_and_the_better_step(ckpt, tmp_path):
+    """``--refine-order mispredictions,index``: the first order's steps are exactly the single-order run's
+    (same keys, same masks, same numbers), the second's follow, and at every budget the result saves at least
+    the calibration MACs of each order alone."""
+    ctx = open_checkpoint(ckpt)
+    runs = {}
+    for order in ("mispredictions", "index", "mispredictions,index"):
+        options = SearchOptions(modes=["uniform-layer"], refine=True, refine_order=order, **OPTIONS)
+        runs[order] = optimize(ctx, options, tmp_path / order.replace(",", "+"), engine_name="fast")
+    single, both = _records(tmp_path / "mispredictions"), _records(tmp_path / "mispredictions+index")
+    assert single.items() <= both.items() and len(both) > len(single)
+    for eps in ("0", "1", "5"):
+        saved = {o: r["modes"]["uniform-layer"]["eps"][eps]["calib_macs_saved_pct_network"] for o, r in runs.items()}
+        assert saved["mispredictions,index"] >= max(saved["mispredictions"], saved["index"]) - 1e-9, (eps, saved)
+    with pytest.raises(CrossneuronError, match="each once"):
+        SearchOptions(refine_order="index,index").check()

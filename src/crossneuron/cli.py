@@ -257,8 +257,9 @@ def optimize(
         bool, typer.Option(help="after the layer quantizer, a forward greedy that keeps only moves within each eps")
     ] = False,
     refine_order: Annotated[
-        str, typer.Option(help="refine's move order: mispredictions (0.3.0) or index (0.2.2)")
-    ] = "mispredictions",
+        str, typer.Option(help="refine's move orders: mispredictions (0.3.0), index (0.2.2), or both comma separated "
+                               "(a pass each; the best step within each eps wins)")
+    ] = "mispredictions,index",
     combine: Annotated[
         str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
     ] = "slope",

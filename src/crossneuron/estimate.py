@@ -76,8 +76,8 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
             (near, estimated), t = _timed(lambda mode=mode: _near_boundary(screener, space, mode, base, eps,
                                                                           options.screen_band))  # fmt: skip
             band_share = near / max(1, targets * codes)
-            count["first"], seconds["first"] = targets * codes, t + near * one_site
-            count["first: exact near eps"] = near
+            count["first"], seconds["first"] = targets * codes, t  # estimates, computed here as in the run
+            count["first: exact near eps"], seconds["first: exact near eps"] = near, near * one_site
             count["screen check"] = min(options.screen_check, estimated)
             seconds["screen check"] = count["screen check"] * one_site
         else:
@@ -90,11 +90,12 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
             seconds[stage] = exact * one_site
         count["layer"] = sites * per_unit + 1
         seconds["layer"] = count["layer"] * every_site
-        if options.refine:
-            count["refine"] = len(options.eps) * units + sites * per_unit // 2
+        if options.refine:  # a pass (and a seeded pass) per move order
+            orders = len(options.refine_orders)
+            count["refine"] = orders * (len(options.eps) * units + sites * per_unit // 2)
             seconds["refine"] = count["refine"] * every_site
             if options.baseline:
-                count["seeded refine"] = 1 + units + sites * per_unit // 4
+                count["seeded refine"] = orders * (1 + units + sites * per_unit // 4)
                 seconds["seeded refine"] = count["seeded refine"] * every_site + sites * one_site
         measurements = len(options.eps) + (1 if options.baseline else 0)
         count["test measurements"] = measurements

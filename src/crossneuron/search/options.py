@@ -29,7 +29,8 @@ class SearchOptions:
     screen_band: float = 1.0  # points around the largest epsilon where a screened estimate is re-evaluated
     screen_check: int = 30  # screened estimates also evaluated exactly, to measure the proxy
     refine: bool = False  # after the layer quantizer, a forward greedy with joint acceptance per eps
-    refine_order: str = "mispredictions"  # refine's move order (quantize.MOVE_ORDERS)
+    refine_order: str = "mispredictions,index"  # refine's move orders (quantize.MOVE_ORDERS), comma separated: one
+    # pass (and seeded pass) per order, in turn; every step joins the trajectory
     combine: str = "slope"  # patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6)
     # the reference every search evaluates on its calibration images (the 2018 diagonal at every
     # site; None: none); with refine, a second pass starts from it at its own calibration drop
@@ -53,12 +54,18 @@ class SearchOptions:
             )
         if self.combine not in COMBINERS:
             raise CrossneuronError(f"unknown --combine '{self.combine}': choose {' or '.join(COMBINERS)}")
-        if self.refine_order not in MOVE_ORDERS:
-            raise CrossneuronError(f"unknown --refine-order '{self.refine_order}': choose {' or '.join(MOVE_ORDERS)}")
+        orders = self.refine_orders
+        if not orders or any(o not in MOVE_ORDERS for o in orders) or len(set(orders)) < len(orders):
+            raise CrossneuronError(f"unknown --refine-order '{self.refine_order}': choose {', '.join(MOVE_ORDERS)} "
+                                   "or a comma list of them, each once")  # fmt: skip
         if self.batch_size < 1:
             raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
         if self.baseline is not None and self.baseline not in BASELINES:
             raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
+
+    @property
+    def refine_orders(self) -> list[str]:
+        return [o.strip() for o in self.refine_order.split(",")]
 
     def identity(self) -> dict:
         d = asdict(self)

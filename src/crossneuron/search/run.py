@@ -115,12 +115,12 @@ class Search:
         options = site_options(st, get_mode(mode))
         plans_by_step: list[dict[int, SitePlan]] = []
         trajectory = layer_stage(st, mode, self.units, options, plans_by_step)
-        if self.options.refine:
+        for order in self.options.refine_orders if self.options.refine else ():
             trajectory += refine_stage(st, mode, self.units, options, plans_by_step, len(trajectory),
-                                       self.options.eps)  # fmt: skip
+                                       self.options.eps, order=order)  # fmt: skip
             if self.baseline_plans is not None:  # a separate pass: a seed adopted early can trap the greedy
                 seeded, seed = with_seed(st, mode, options, self.baseline_plans)
                 trajectory += refine_stage(st, mode, self.units, seeded, plans_by_step, len(trajectory),
-                                           [self.baseline_drop], seed)  # fmt: skip
+                                           [self.baseline_drop], seed, order)  # fmt: skip
         return ModeResult(mode, options, self.units, trajectory, plans_by_step, st.screen_checks.get(mode),
                           time.perf_counter() - t0)  # fmt: skip

@@ -159,9 +159,10 @@ def layer_stage(st: Stages, mode: str, units, options, plans_by_step: list) -> l
     return layer_quantize(units, options, st.base, evaluate)
 
 
-def refine_stage(st: Stages, mode: str, units, options, plans_by_step: list, start: int,
-                 eps: list[float], seed: dict[int, int] | None = None) -> list[Step]:  # fmt: skip
-    """``quantize.forward_quantize`` from no prediction (or from ``seed``), steps numbered from ``start``."""
+def refine_stage(st: Stages, mode: str, units, options, plans_by_step: list, start: int, eps: list[float],
+                 seed: dict[int, int] | None = None, order: str = "mispredictions") -> list[Step]:  # fmt: skip
+    """``quantize.forward_quantize`` from no prediction (or from ``seed``) with the move order ``order``,
+    steps numbered from ``start``."""
     total = sum(len(v) for v in options.values()) + 1
 
     def evaluate(plans: dict[int, SitePlan], step: int, cut: float) -> EvalResult:
@@ -170,7 +171,7 @@ def refine_stage(st: Stages, mode: str, units, options, plans_by_step: list, sta
         st.progress(f"{mode}: refine", step + 1 - start, total, result)
         return result
 
-    return forward_quantize(units, options, st.base, evaluate, eps, start, seed, MOVE_ORDERS[st.options.refine_order])
+    return forward_quantize(units, options, st.base, evaluate, eps, start, seed, MOVE_ORDERS[order])
 
 
 def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],
