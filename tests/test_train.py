@@ -158,3 +158,46 @@ def test_evaluate_and_baseline_cli_json(trained):
     assert res.exit_code == 0 and json.loads(res.output)["base_accuracy"] == pytest.approx(metrics["val_accuracy"])
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--split", "train"])
     assert res.exit_code != 0
+
+
+def test_a_diverging_training_stops_with_one_line_and_saves_nothing_bad(tmp_path):
+    """--lr 1e6 makes the loss non-finite within the first epoch: a clear error, no NaN checkpoint written."""
+    cfg = TrainConfig(**{**CFG, "lr": 1e6, "epochs": 1})
+    with pytest.raises(CrossneuronError, match="training diverged in epoch 1 .*nothing was saved"):
+        train(cfg, tmp_path / "nan", quiet=True)
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_weights_with_nan_are_refused_at_load_naming_the_tensor(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder, _ = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(folder, copy)
+    state = weights(copy)
+    name = next(k for k in state if k.endswith("conv1.weight"))
+    state[name][0].view(-1)[0] = float("nan")
+    save_file(state, str(copy / "model.safetensors"))
+    with pytest.raises(CrossneuronError, match=f"tensor '{name}' holds NaN or Inf"):
+        checkpoint.load(copy)
+
+
+def test_a_finished_checkpoint_is_never_overwritten_nor_retrained_into_itself(trained, tmp_path):
+    """A copy of a finished checkpoint without train_state.pt (as shipped): train refuses it, and so does
+    retrain writing into its own source; every file stays byte for byte."""
+    import shutil
+
+    from crossneuron.retrain import retrain
+
+    folder, _ = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(folder, copy)
+    (copy / "train_state.pt").unlink()
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(CrossneuronError, match="already holds a checkpoint"):
+        train(TrainConfig(**CFG), copy, quiet=True)
+    with pytest.raises(CrossneuronError, match="source checkpoint itself"):
+        retrain(copy, tmp_path / "no-result.json", out=copy, quiet=True)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before

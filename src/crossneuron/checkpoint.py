@@ -63,5 +63,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Mod
             f"{folder / WEIGHTS} does not match {meta['model']} width {meta['width']} for "
             f"{meta['input_shape']} with {meta['num_classes']} classes (meta.json and weights disagree)"
         )
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CrossneuronError(f"{folder / WEIGHTS}: tensor '{bad}' holds NaN or Inf values (a diverged training?); "
+                               "retrain it or use another checkpoint")  # fmt: skip
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.to(device).eval(), meta

@@ -41,6 +41,9 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
             engine: str = "fast", progress=None) -> dict:  # fmt: skip
     result_path = Path(result_path)
+    if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
+        raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
+                               "choose another --out")  # fmt: skip
     data = load_result(result_path)
     ctx = open_checkpoint(checkpoint_dir, data_root, device)
     if data.val_hash not in (None, ctx.meta["val_hash"]):

@@ -104,6 +104,9 @@ def train(
     config_path = out / "config.json"
     if (out / STATE).exists() and not resume:
         raise CrossneuronError(f"{out} already holds a training run: pass --resume to continue it, or another --out")
+    if (out / checkpoint.META).exists() and not resume:  # a finished or shipped checkpoint: never overwritten
+        raise CrossneuronError(f"{out} already holds a checkpoint: choose another --out (or pass --resume to "
+                               "continue an interrupted run with the same options)")  # fmt: skip
     if resume and config_path.exists():
         import json
 
@@ -174,6 +177,10 @@ def train(
             for xb, yb in batches(x_train, y_train, spec, cfg.batch_size, cfg.device, shuffle, train_augment=True):
                 logits = runner(xb)
                 loss = F.cross_entropy(logits, yb)
+                if not torch.isfinite(loss):  # nothing of this epoch is saved: the last checkpoint stays good
+                    kept = f"{out} keeps epoch {epoch}'s checkpoint" if epoch else "nothing was saved"
+                    raise CrossneuronError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}): {kept}; "
+                                           f"train into a new --out with a lower --lr (now {cfg.lr:g})")  # fmt: skip
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
