@@ -9,7 +9,8 @@ run() {  # name, then crossneuron train options
   local name=$1; shift
   if [ "$#" -gt 0 ] && [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   if [ -f "checkpoints/$name/metrics.json" ]; then echo "$name: done"; return; fi
-  local resume=""; [ -f "checkpoints/$name/train_state.pt" ] && resume="--resume"
+  local resume=""  # an unfinished folder resumes (a kill may leave meta.json before train_state.pt)
+  if [ -f "checkpoints/$name/train_state.pt" ] || [ -f "checkpoints/$name/meta.json" ]; then resume="--resume"; fi
   echo "$name: training ($(date -u +%FT%TZ))"
   /usr/bin/time -f "$name: %e s wall" .venv/bin/crossneuron train "$@" --data-root "$DATA" --out "checkpoints/$name" $resume --quiet
 }

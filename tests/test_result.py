@@ -101,3 +101,22 @@ def test_a_folder_or_missing_file_is_refused(tmp_path):
     with pytest.raises(CrossneuronError, match="not found"):
         load_result(tmp_path / "nope.json")
     assert Result.__dataclass_fields__["retrained_from"].default is None  # omitted from files unless retrained
+
+
+def test_written_files_get_the_users_usual_mode(full_run, tmp_path):
+    """result.json and masks.safetensors (safetensors writes 0600 itself) end up 0666 less the umask."""
+    import os
+
+    from crossneuron.result import export_masks, result_masks
+
+    ctx = full_run[0]
+    net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
+    result = load_result(_path(full_run))
+    umask = os.umask(0o022)
+    try:
+        write_result(tmp_path / "result.json", result)
+        export_masks(tmp_path / "masks.safetensors", net, result_masks(net, result))
+    finally:
+        os.umask(umask)
+    for name in ("result.json", "masks.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -450,3 +450,25 @@ def test_refine_with_two_orders_keeps_both_passes_and_the_better_step(ckpt, tmp_
         assert saved["mispredictions,index"] >= max(saved["mispredictions"], saved["index"]) - 1e-9, (eps, saved)
     with pytest.raises(CrossneuronError, match="each once"):
         SearchOptions(refine_order="index,index").check()
+
+
+def test_a_second_writer_on_a_folder_is_refused_naming_the_first(ckpt, tmp_path):
+    """The lock held through another open file description (as another process holds it): optimize and train
+    refuse with the holder's pid and write nothing. (kill -9 then resume, above, shows the OS releases it.)"""
+    import fcntl
+
+    from crossneuron.train import TrainConfig, train
+
+    from conftest import TINY
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(CrossneuronError, match=r"another crossneuron process \(pid 4242\)"):
+            optimize(open_checkpoint(ckpt), SearchOptions(modes=["uniform-layer"], **OPTIONS), out)
+        with pytest.raises(CrossneuronError, match=r"pid 4242"):
+            train(TrainConfig(**TINY), out, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

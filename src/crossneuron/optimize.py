@@ -17,7 +17,7 @@ from . import __version__
 from .context import Context
 from .errors import CrossneuronError
 from .evaluate import measure
-from .fsutil import output_folder, write_json
+from .fsutil import folder_lock, output_folder, write_json
 from .macs import pct
 from .net import attach
 from .patterns import diagonal
@@ -85,63 +85,64 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
     out = output_folder(out, create=False)  # checked now, made once the options have passed
     net, engine, calib_hash = make_engine(engine_name, ctx, options)
     output_folder(out)
-    identity = {
-        "checkpoint": str(ctx.path.resolve()),
-        "weights_hash": ctx.weights_hash,
-        "val_hash": ctx.meta["val_hash"],
-        "calib_hash": calib_hash,
-        "options": options.identity(),
-        "version": __version__,
-    }
-    store = Store(out / "records.sqlite", identity)
-    t0 = time.perf_counter()
-    search = Search(net, engine, store, options, progress)
-    base = search.base
-    x_test, y_test = ctx.data("test")
-    test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
-    baseline = None
-    if search.baseline is not None:
-        baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
-        write_json(out / "baseline.json", baseline)
-    summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "baseline": baseline, "modes": {}}
+    with folder_lock(out):  # one writer per run folder
+        identity = {
+            "checkpoint": str(ctx.path.resolve()),
+            "weights_hash": ctx.weights_hash,
+            "val_hash": ctx.meta["val_hash"],
+            "calib_hash": calib_hash,
+            "options": options.identity(),
+            "version": __version__,
+        }
+        store = Store(out / "records.sqlite", identity)
+        t0 = time.perf_counter()
+        search = Search(net, engine, store, options, progress)
+        base = search.base
+        x_test, y_test = ctx.data("test")
+        test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+        baseline = None
+        if search.baseline is not None:
+            baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
+            write_json(out / "baseline.json", baseline)
+        summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "baseline": baseline, "modes": {}}
 
-    def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
-        """The trajectory's best configuration within ``eps``, measured on the test split and written."""
-        step, plans = mode.best(base, eps)
-        masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
-        test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
-        result = Result(
-            mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
-            val_hash=identity["val_hash"], calib_hash=calib_hash, patch_size=options.patch_size,
-            options=options.identity(), masks=masks_json(net, plans, search.space.sides),
-            calib_accuracy=step.result.accuracy, calib_base_accuracy=base.accuracy,
-            calib_drop=base.accuracy - step.result.accuracy,
-            calib_macs_saved_pct_network=pct(step.result.macs_saved, base.images, net.network_macs),
-            test_accuracy=test.accuracy, test_base_accuracy=test.base_accuracy, test_drop=test.drop,
-            macs_saved_pct_network=test.macs_saved_pct_network, macs_saved_pct_sites=test.macs_saved_pct_sites,
-            oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
-            mispredicted_rate=test.mispredicted_rate, test_images=test.images, per_site=list(test.per_site),
-            chosen_step=step.step, trajectory=trajectory_json(net, mode.units, mode.trajectory, base),
-        )  # fmt: skip
-        write_result(folder / "result.json", result)
-        export_masks(folder / "masks.safetensors", net, masks)
-        keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop",
-                "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
-        return {k: getattr(result, k) for k in keys}
+        def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
+            """The trajectory's best configuration within ``eps``, measured on the test split and written."""
+            step, plans = mode.best(base, eps)
+            masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
+            test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
+            result = Result(
+                mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
+                val_hash=identity["val_hash"], calib_hash=calib_hash, patch_size=options.patch_size,
+                options=options.identity(), masks=masks_json(net, plans, search.space.sides),
+                calib_accuracy=step.result.accuracy, calib_base_accuracy=base.accuracy,
+                calib_drop=base.accuracy - step.result.accuracy,
+                calib_macs_saved_pct_network=pct(step.result.macs_saved, base.images, net.network_macs),
+                test_accuracy=test.accuracy, test_base_accuracy=test.base_accuracy, test_drop=test.drop,
+                macs_saved_pct_network=test.macs_saved_pct_network, macs_saved_pct_sites=test.macs_saved_pct_sites,
+                oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
+                mispredicted_rate=test.mispredicted_rate, test_images=test.images, per_site=list(test.per_site),
+                chosen_step=step.step, trajectory=trajectory_json(net, mode.units, mode.trajectory, base),
+            )  # fmt: skip
+            write_result(folder / "result.json", result)
+            export_masks(folder / "masks.safetensors", net, masks)
+            keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop",
+                    "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
+            return {k: getattr(result, k) for k in keys}
 
-    for result in search.run():
-        info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
-        if result.screen is not None:
-            info["screen"] = result.screen
-        for eps in options.eps:
-            info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
-        if baseline is not None:  # our saving at the diagonal baseline's accuracy: its calibration drop as the budget
-            info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
-    summary["seconds"] = time.perf_counter() - t0
-    summary["evaluations"] = store.count()
-    write_json(out / "summary.json", summary)
-    store.close()
-    return summary
+        for result in search.run():
+            info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
+            if result.screen is not None:
+                info["screen"] = result.screen
+            for eps in options.eps:
+                info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
+            if baseline is not None:  # our saving at the diagonal baseline's accuracy: its calibration drop as budget
+                info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
+        summary["seconds"] = time.perf_counter() - t0
+        summary["evaluations"] = store.count()
+        write_json(out / "summary.json", summary)
+        store.close()
+        return summary
 
 
 __all__ = ["MODES", "calibration", "check_images", "make_engine", "optimize"]

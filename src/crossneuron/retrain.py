@@ -17,7 +17,7 @@ from pathlib import Path
 from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
-from .fsutil import write_json
+from .fsutil import folder_lock, write_json
 from .optimize import calibration, optimize
 from .result import Result, attach_result, load_result, write_result
 from .search.options import SearchOptions
@@ -50,52 +50,54 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         raise CrossneuronError(f"{result_path} was searched on another val split than {checkpoint_dir}'s")
     attach_result(ctx.model, ctx.spec.input_shape, data)  # refuse masks of another model before any work
     out = Path(out) if out else default_out(result_path, data)
-    meta = ctx.meta
-    cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
-                      batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"], device=device,
-                      init=str(ctx.path.resolve()), masks=str(result_path.resolve()))  # fmt: skip
-    t0 = time.perf_counter()
-    metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
-    seconds = time.perf_counter() - t0
-    new = open_checkpoint(out, data_root, device)
-    options = data.options
-    x_cal, y_cal, _ = calibration(ctx, options["calib"], options["seed"])
-    x_test, y_test = ctx.data("test")
-    bs = options.get("batch_size", 500)
-    record = {
-        "mode": data.mode,
-        "eps": data.eps,
-        "checkpoint": str(ctx.path.resolve()),
-        "retrained": str(out.resolve()),
-        "masks": str(result_path.resolve()),
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "train_seconds": metrics["train_seconds"],
-        "seconds": seconds,
-        "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction
-        "before": {"test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
-                   "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs)},  # fmt: skip
-        "after": {"test": _measure(new.model, new, data, x_test, y_test, bs),
-                  "calib": _measure(new.model, new, data, x_cal, y_cal, bs)},  # fmt: skip
-    }
-    for key in ("before", "after"):  # the report's keys
-        record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
-    write_json(out / "retrain.json", record)
-    after = record["after"]["test"]
-    calib = record["after"]["calib"]
-    write_result(out / "result.json", dataclasses.replace(
-        data, checkpoint=str(out.resolve()), weights_hash=new.weights_hash, retrained_from=record["checkpoint"],
-        calib_accuracy=calib["accuracy"], calib_base_accuracy=calib["no_prediction_accuracy"],
-        calib_drop=calib["drop"], test_accuracy=after["accuracy"], test_base_accuracy=after["no_prediction_accuracy"],
-        test_drop=after["drop"], macs_saved_pct_network=after["macs_saved_pct_network"],
-        macs_saved_pct_sites=after["macs_saved_pct_sites"], oracle_pct_network=after["oracle_pct_network"],
-        mispredicted_rate=after["mispredicted_rate"], trajectory=[],
-    ))  # fmt: skip
-    if research:
-        record["research"] = optimize(new, search_options(options), out / "search", engine, progress)
+    with folder_lock(out):  # one writer per folder (train, inside, takes the same lock again)
+        meta = ctx.meta
+        cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
+                          batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"],
+                          device=device, init=str(ctx.path.resolve()), masks=str(result_path.resolve()))  # fmt: skip
+        t0 = time.perf_counter()
+        metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
+        seconds = time.perf_counter() - t0
+        new = open_checkpoint(out, data_root, device)
+        options = data.options
+        x_cal, y_cal, _ = calibration(ctx, options["calib"], options["seed"])
+        x_test, y_test = ctx.data("test")
+        bs = options.get("batch_size", 500)
+        record = {
+            "mode": data.mode,
+            "eps": data.eps,
+            "checkpoint": str(ctx.path.resolve()),
+            "retrained": str(out.resolve()),
+            "masks": str(result_path.resolve()),
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "train_seconds": metrics["train_seconds"],
+            "seconds": seconds,
+            "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction
+            "before": {"test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
+                       "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs)},  # fmt: skip
+            "after": {"test": _measure(new.model, new, data, x_test, y_test, bs),
+                      "calib": _measure(new.model, new, data, x_cal, y_cal, bs)},  # fmt: skip
+        }
+        for key in ("before", "after"):  # the report's keys
+            record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
         write_json(out / "retrain.json", record)
-    return record
+        after = record["after"]["test"]
+        calib = record["after"]["calib"]
+        write_result(out / "result.json", dataclasses.replace(
+            data, checkpoint=str(out.resolve()), weights_hash=new.weights_hash, retrained_from=record["checkpoint"],
+            calib_accuracy=calib["accuracy"], calib_base_accuracy=calib["no_prediction_accuracy"],
+            calib_drop=calib["drop"], test_accuracy=after["accuracy"],
+            test_base_accuracy=after["no_prediction_accuracy"],
+            test_drop=after["drop"], macs_saved_pct_network=after["macs_saved_pct_network"],
+            macs_saved_pct_sites=after["macs_saved_pct_sites"], oracle_pct_network=after["oracle_pct_network"],
+            mispredicted_rate=after["mispredicted_rate"], trajectory=[],
+        ))  # fmt: skip
+        if research:
+            record["research"] = optimize(new, search_options(options), out / "search", engine, progress)
+            write_json(out / "retrain.json", record)
+        return record
 
 
 def search_options(identity: dict) -> SearchOptions:

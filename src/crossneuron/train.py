@@ -19,7 +19,7 @@ from . import checkpoint
 from .data import dataset_spec, load_arrays
 from .errors import CrossneuronError
 from .evaluate import correct_count
-from .fsutil import atomic_write, write_json
+from .fsutil import atomic_write, folder_lock, write_json
 from .models import build_model, load_pretrained
 from .splits import batches, make_split, split_arrays
 
@@ -99,6 +99,11 @@ def train(
         cfg.val_size = spec.val_size
     arrays = load_arrays(cfg.dataset, data_root, download)
     split = make_split(len(arrays.y_train), cfg.val_size, cfg.seed)
+    with folder_lock(out):  # one writer per checkpoint folder
+        return _train(cfg, out, spec, arrays, split, resume, quiet, stop_after, log)
+
+
+def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet: bool, stop_after, log) -> dict | None:
     x_train, y_train = split_arrays(arrays, split, "train")
     x_val, y_val = split_arrays(arrays, split, "val")
     config_path = out / "config.json"
