@@ -21,7 +21,7 @@ import numpy as np
 from .context import Context
 from .evaluate import correct_count
 from .optimize import make_engine
-from .search.evaluator import Space
+from .search.evaluator import Space, min_correct, near_boundary
 from .search.modes import get_mode
 from .search.options import SearchOptions
 from .search.plan import Piece
@@ -44,11 +44,11 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
     sites, units = len(net.sites), len(coupled_units(net, options.couple))
     eps = max(options.eps)
     base = engine.base
-    min_correct = int(np.ceil(base.correct - eps * base.images / 100 - 1e-9))
+    cut = min_correct(base, eps)
     rng = np.random.default_rng(options.seed)
     picks = [net.sites[int(i)].index for i in np.linspace(0, sites - 1, max(1, min(timed, sites)))]
     _, t = _timed(lambda: [engine.evaluate({s: space.mask(s, (Piece(None, None, space.codes[rng.integers(codes)]),))},
-                                           min_correct) for s in picks])  # fmt: skip
+                                           cut) for s in picks])  # fmt: skip
     one_site = t / len(picks)
     everywhere = {s: space.mask(s, plan) for s, plan in baseline_plans(net, options.patch_size).items()}
     _, every_site = _timed(lambda: engine.evaluate(everywhere))
@@ -114,7 +114,7 @@ def _near_boundary(screener, space: Space, mode, base, eps: float, band: float) 
         for est in screener.first_level(site, mode.by_channel, mode.by_block).values():
             if est.mispredicted == 0:
                 continue
-            if abs(100.0 * (base.correct - est.correct) / est.images - eps) <= band:
+            if near_boundary(est, base, eps, band):
                 near += 1
             else:
                 estimated += 1

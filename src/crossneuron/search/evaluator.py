@@ -29,6 +29,16 @@ def config_hash(plans: dict[int, SitePlan]) -> str:
     return hashlib.sha1(canon.encode()).hexdigest()
 
 
+def min_correct(base: EvalResult, eps: float) -> int:
+    """The fewest correct images a configuration within ``eps`` of ``base`` can have (the engines' cut-off)."""
+    return math.ceil(base.correct - eps * base.images / 100 - 1e-9)
+
+
+def near_boundary(estimate: EvalResult, base: EvalResult, eps: float, band: float) -> bool:
+    """Whether a screened estimate's drop lies within ``band`` points of ``eps`` (then it is evaluated exactly)."""
+    return abs(100.0 * (base.correct - estimate.correct) / estimate.images - eps) <= band
+
+
 @dataclass(frozen=True)
 class Space:
     """What a search's plans range over: the net's sites, the patch size, the pattern codes and
@@ -73,10 +83,6 @@ class Evaluator:
         self._pending: list = []
         self.base = self.evaluate(Where("base", "-"), {})
 
-    def min_correct(self, eps: float) -> int:
-        """The fewest correct images a configuration within ``eps`` of the base can have."""
-        return math.ceil(self.base.correct - eps * self.base.images / 100 - 1e-9)
-
     def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False,
                  cut_eps: float | None = None) -> EvalResult:  # fmt: skip
         """Memoised evaluation. ``may_cut``: the engine may stop once the configuration provably falls
@@ -88,8 +94,8 @@ class Evaluator:
         if found is not None:
             return found
         masks = {s: self.space.mask(s, plan) for s, plan in plans.items()}
-        min_correct = self.min_correct(self.eps if cut_eps is None else cut_eps) if may_cut else None
-        result = self.engine.evaluate(masks, min_correct)
+        cut = min_correct(self.base, self.eps if cut_eps is None else cut_eps) if may_cut else None
+        result = self.engine.evaluate(masks, cut)
         self.store.add(where, key, result, self.engine.name)
         return result
 
@@ -105,7 +111,7 @@ class Evaluator:
         est = estimate or self.screener.estimate(site, plan)
         if est.mispredicted == 0:  # nothing changes: exactly the base accuracy
             result = EvalResult(self.base.correct, est.images, est.macs_saved, 0)
-        elif abs(100.0 * (self.base.correct - est.correct) / est.images - self.eps) <= self.screen_band:
+        elif near_boundary(est, self.base, self.eps, self.screen_band):
             return self.evaluate(where, {site: plan}, may_cut=True)
         else:
             result = est

@@ -52,8 +52,9 @@ def coupled_units(net: PredictiveNet, couple: str) -> list[list[int]]:
     return units + [[s.index] for s in net.sites if s.index not in taken]
 
 
-def baseline_plans(net: PredictiveNet, p: int, name: str = "diagonal") -> dict[int, SitePlan]:
-    """A named reference mask as search plans: the 2018 diagonal pattern tiled over every site."""
+def baseline_plans(net: PredictiveNet, p: int) -> dict[int, SitePlan]:
+    """The reference mask as search plans: the 2018 diagonal pattern tiled over every site (the one
+    ``SearchOptions.baseline`` there is so far)."""
     code = pattern_to_code(diagonal(p))
     return {s.index: (Piece(None, None, code),) for s in net.sites}
 
@@ -96,7 +97,7 @@ class Search:
         self.baseline: EvalResult | None = None
         self.baseline_plans: dict[int, SitePlan] | None = None
         if options.baseline is not None:
-            self.baseline_plans = baseline_plans(net, options.patch_size, options.baseline)
+            self.baseline_plans = baseline_plans(net, options.patch_size)
             self.baseline = self.evaluator.evaluate(Where("baseline", "-"), self.baseline_plans)
         self.stages = Stages(self.space, self.evaluator, options, Progress(progress, self.base, eps, net.network_macs))
 
