@@ -31,13 +31,17 @@ from .splits import indices_hash, normalise
 ENGINES = {"naive": NaiveEngine, "fast": FastEngine}
 
 
+def _calibration_positions(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted positions in the val split of the ``size`` calibration images drawn with ``seed``."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
+
+
 def calibration(ctx: Context, size: int, seed: int):
     """``size`` val images chosen with ``seed`` (sorted positions within the val split)."""
     x, y = ctx.data("val")
     if size > len(y):
         raise CrossneuronError(f"calibration size {size} is larger than the val split ({len(y)} images)")
-    pick = np.sort(np.random.default_rng(seed).permutation(len(y))[:size])
-    idx = torch.from_numpy(pick)
+    idx = torch.from_numpy(_calibration_positions(len(y), size, seed))
     return x[idx], y[idx], indices_hash(ctx.split.val[idx])
 
 
@@ -45,7 +49,7 @@ def check_images(ctx: Context, size: int, seed: int):
     """SPEC 5's check images: the val images the calibration draw (``size``, ``seed``) leaves out."""
     x, y = ctx.data("val")
     keep = np.ones(len(y), dtype=bool)
-    keep[np.random.default_rng(seed).permutation(len(y))[:size]] = False
+    keep[_calibration_positions(len(y), size, seed)] = False
     idx = torch.from_numpy(np.flatnonzero(keep))
     return x[idx], y[idx]
 
