@@ -48,8 +48,10 @@ def main() -> None:
     ctx = open_checkpoint(args.checkpoint, args.data_root)
     eps = [float(e) for e in args.eps.split(",")]
     x_check, y_check = check_images(ctx, args.calib, 0)
-    print(f"# {args.checkpoint}, {args.mode}, calib {args.calib}, check {len(y_check)} images; "
-          f"{platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"# {args.checkpoint}, {args.mode}, calib {args.calib}, check {len(y_check)} images; "
+        f"{platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print("| order | eps | % network (test) | calib drop | check drop | test drop | search s |")
     print("|---|---|---|---|---|---|---|")
     first = None
@@ -66,9 +68,12 @@ def main() -> None:
         for label in [f"eps-{e:g}" for e in eps] + ["at-baseline"]:
             result = load_result(out / args.mode / label / "result.json")
             check = measure(attach_result(ctx.model, ctx.spec.input_shape, result), ctx.spec, x_check, y_check, None)
-            print(f"| {order} | {label[4:] if label.startswith('eps') else f'baseline ({result.eps:.2f})'} | "
-                  f"{result.macs_saved_pct_network:.2f} | {result.calib_drop:.2f} | {check.drop:.2f} | "
-                  f"{result.test_drop:.2f} | {seconds:.0f} |", flush=True)
+            print(
+                f"| {order} | {label[4:] if label.startswith('eps') else f'baseline ({result.eps:.2f})'} | "
+                f"{result.macs_saved_pct_network:.2f} | {result.calib_drop:.2f} | {check.drop:.2f} | "
+                f"{result.test_drop:.2f} | {seconds:.0f} |",
+                flush=True,
+            )
         del summary
 
 
@@ -126,8 +131,10 @@ def trace_all(args) -> None:
                 if ok:
                     kept, current, reached = kept + 1, dict(plans), result
             saved = 100.0 * reached.macs_saved / (base.images * net.network_macs)
-            print(f"{order} eps {e:g}: {len(steps)} moves tried, {kept} kept, ends at {saved:.2f}% network MACs, "
-                  f"drop {base.accuracy - reached.accuracy:.2f} (calib); first moves: {', '.join(moves[:8])}")
+            print(
+                f"{order} eps {e:g}: {len(steps)} moves tried, {kept} kept, ends at {saved:.2f}% network MACs, "
+                f"drop {base.accuracy - reached.accuracy:.2f} (calib); first moves: {', '.join(moves[:8])}"
+            )
 
 
 def seed_records(source: Path, target: Path, options: SearchOptions) -> None:

@@ -31,8 +31,13 @@ TF32_VERSIONS = ("0.1.0", "0.2.0", "0.2.1")  # on a GPU these searched with TF32
 STUDIES = {
     "resnet18-mnist-p2": ("checkpoints/resnet18-mnist", 2, (17.51, 20.78, 21.01), (16.76, 1.2), None),
     "resnet18-cifar10-p2": ("checkpoints/resnet18-cifar10", 2, (13.69, 25.32, 27.12), (23.5, 3.5), None),
-    "alexnet-cifar10-p3": ("checkpoints/alexnet-cifar10", 3, (27.15, 31.24, 33.5), (34.02, 14.1),
-                           "27.16 / 35.79 / 37.2, and 47.77 at 75.3% accuracy"),  # fmt: skip
+    "alexnet-cifar10-p3": (
+        "checkpoints/alexnet-cifar10",
+        3,
+        (27.15, 31.24, 33.5),
+        (34.02, 14.1),
+        "27.16 / 35.79 / 37.2, and 47.77 at 75.3% accuracy",
+    ),  # fmt: skip
     "alexnet-cifar10-p2": ("checkpoints/alexnet-cifar10", 2, (8.91, 23.4, 23.53), (24.9, 13.2), None),
 }
 
@@ -50,7 +55,7 @@ def run(cmd: list[str], out: Path, step: str, device: str) -> None:
     """Run one CLI command; record it, the machine and the wall time in ``out``/commands.json."""
     print("$", shlex.join(cmd), flush=True)
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "crossneuron", *cmd[len(CLI):]], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "crossneuron", *cmd[len(CLI) :]], check=True, cwd=ROOT)
     log = ROOT / out / "commands.json"
     done = json.loads(log.read_text()) if log.exists() else {}
     done[step] = {"command": shlex.join(cmd), "machine": machine(device), "seconds": round(time.time() - t0, 1),
@@ -207,8 +212,11 @@ def write(args) -> None:
         log = ROOT / out / "commands.json"
         done = json.loads(log.read_text()) if log.exists() else {"optimize": {"command": shlex.join(optimize)}}
         if "cuda" in done.get("optimize", {}).get("machine", "") and searched_with(ROOT / out) in TF32_VERSIONS:
-            lines += ["", "Searched on a GPU before 0.2.2: its convolutions ran in TF32 (PyTorch's default for cuDNN), "
-                      "so counts there can differ slightly from fp32 ones; 0.2.2 measures in fp32 everywhere."]
+            lines += [
+                "",
+                "Searched on a GPU before 0.2.2: its convolutions ran in TF32 (PyTorch's default for cuDNN), "
+                "so counts there can differ slightly from fp32 ones; 0.2.2 measures in fp32 everywhere.",
+            ]
         ours3 = max(info["eps"]["3"]["macs_saved_pct_sites"] for info in s["modes"].values())
         if ours3 < row[1]:
             lines += ["", f"Ours is lower at eps 3 ({ours3:.2f}% of sites against {row[1]}): padding is never counted "

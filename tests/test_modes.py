@@ -36,9 +36,11 @@ def test_first_level_targets_are_every_region_of_the_mode_once(name, full_run):
     brute = [(s, c, b) for s in channels for c in [None, *range(channels[s])] for b in [None, *range(blocks[s])]
              if (c is not None) == mode.by_channel and (b is not None) == mode.by_block]  # fmt: skip
     assert mode.targets(channels, blocks) == sorted(brute, key=lambda t: tuple(-1 if v is None else v for v in t))
-    rows = sqlite3.connect(out / "records.sqlite").execute(
-        "SELECT site, channel, block, pattern FROM evals WHERE mode = ? AND stage = 'first'", (name,)
-    ).fetchall()
+    rows = (
+        sqlite3.connect(out / "records.sqlite")
+        .execute("SELECT site, channel, block, pattern FROM evals WHERE mode = ? AND stage = 'first'", (name,))
+        .fetchall()
+    )
     assert sorted(rows, key=str) == sorted([(*t, 1 << k) for t in brute for k in range(4)], key=str)
 
 
@@ -111,8 +113,10 @@ def test_a_mode_added_to_the_registry_alone_runs_through_every_stage(full_run, t
 
     def rows(folder, mode):
         db = sqlite3.connect(folder / "records.sqlite")
-        query = ("SELECT stage, site, channel, block, pattern, candidate, config, correct, macs_saved, mispredicted "
-                 "FROM evals WHERE mode = ? ORDER BY id")
+        query = (
+            "SELECT stage, site, channel, block, pattern, candidate, config, correct, macs_saved, mispredicted "
+            "FROM evals WHERE mode = ? ORDER BY id"
+        )
         return db.execute(query, (mode,)).fetchall()
 
     assert rows(tmp_path / "run", "blocks") == rows(reference, "uniform-filters")

@@ -15,7 +15,7 @@ import crossneuron as cn
 from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
 from crossneuron.evaluate import measure
-from crossneuron.optimize import calibration, optimize
+from crossneuron.optimize import calibration, check_images, optimize
 from crossneuron.result import load_result, result_masks
 from crossneuron.search.modes import MODES
 from crossneuron.search.options import SearchOptions
@@ -57,10 +57,12 @@ def test_records_hold_every_first_level_evaluation(full_run):
     blocks = {16: 4, 8: 4}  # GT 4: side 8 on 16x16, side 4 on 8x8: 2x2 blocks each
     assert count["uniform-filters"] == sum(blocks[s.shape[1]] for s in net.sites) * 4
     assert count["max-granularity"] == sum(s.shape[0] * blocks[s.shape[1]] for s in net.sites) * 4
-    rows = db.execute("SELECT stage, site, channel, block, pattern, correct, macs_saved FROM evals "
+    rows = db.execute("SELECT stage, site, channel, block, pattern, correct, macs_saved, lost FROM evals "
                       "WHERE mode = 'max-granularity' AND stage = 'first' ORDER BY id LIMIT 3").fetchall()  # fmt: skip
     x, y, _ = calibration(ctx, OPTIONS["calib"], 0)
-    for _, site, channel, block, code, correct, macs in rows:  # re-evaluate by hand: same numbers
+    with torch.no_grad():
+        base_hit = net.eval()(normalise(x, ctx.spec)).argmax(1) == y
+    for _, site, channel, block, code, correct, macs, lost in rows:  # re-evaluate by hand: same numbers
         mask = torch.ones_like(net.spatial(site).mask)
         side = 8 if net.sites[site].shape[1] == 16 else 4
         r, c = divmod(block, -(-mask.shape[2] // side))
@@ -70,8 +72,8 @@ def test_records_hold_every_first_level_evaluation(full_run):
         net.set_mask(site, mask)
         net.reset_stats()
         with torch.no_grad():
-            hits = int((net.eval()(normalise(x, ctx.spec)).argmax(1) == y).sum())
-        assert (hits, net.stats().macs_saved) == (correct, macs)
+            hit = net.eval()(normalise(x, ctx.spec)).argmax(1) == y
+        assert (int(hit.sum()), net.stats().macs_saved, int((base_hit & ~hit).sum())) == (correct, macs, lost)
         net.set_mask(site, None)
 
 
@@ -162,15 +164,16 @@ def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt,
 
 def _records(folder):
     db = sqlite3.connect(folder / "records.sqlite")
-    query = "SELECT key, correct, images, macs_saved, mispredicted, cut_short FROM evals"
+    query = "SELECT key, correct, images, macs_saved, mispredicted, lost, cut_short FROM evals"
     return {row[0]: row[1:] for row in db.execute(query)}
 
 
 def _same(naive, fast, min_correct):
-    """Equal records; a record cut short is equal when naive's accuracy is also beyond the cut."""
+    """Equal records (correct, images, MACs, mispredictions, lost images); a record cut short is equal when
+    naive's accuracy is also beyond the cut."""
     if fast[-1]:
         return naive[0] <= fast[0] and naive[0] < min_correct
-    return naive[:4] == fast[:4]
+    return naive[:5] == fast[:5]
 
 
 @pytest.mark.parametrize("couple", ["none", "residual"])
@@ -223,7 +226,7 @@ def test_fast_engine_falls_back_when_the_cache_is_too_small(ckpt):
     for site in small.net.sites:
         mask = torch.rand(small.net.spatial(site).mask.shape, generator=g) < 0.3
         a, b = naive.evaluate({site.index: mask}), small.evaluate({site.index: mask})
-        assert (a.correct, a.macs_saved, a.mispredicted) == (b.correct, b.macs_saved, b.mispredicted)
+        assert (a.correct, a.macs_saved, a.mispredicted, a.lost) == (b.correct, b.macs_saved, b.mispredicted, b.lost)
 
 
 def test_fast_engine_cuts_short_a_candidate_that_cannot_reach_the_bound(ckpt):
@@ -244,7 +247,8 @@ def test_fast_engine_is_exact_and_cuts_short_with_every_site_predicting(ckpt):
     for density in (0.9, 0.5, 0.1):  # mild to severe: the later ones change most images
         masks = {s.index: torch.rand(fast.net.spatial(s).mask.shape, generator=g) < density for s in fast.net.sites}
         a, b = naive.evaluate(masks), fast.evaluate(masks)
-        assert (a.correct, a.macs_saved, a.mispredicted) == (b.correct, b.macs_saved, b.mispredicted)
+        assert (a.correct, a.macs_saved, a.mispredicted, a.lost) == (b.correct, b.macs_saved, b.mispredicted, b.lost)
+        assert a.lost >= naive.base.correct - a.correct  # lost - gained = the net loss
         if a.correct < naive.base.correct - 30:
             cut = fast.evaluate(masks, min_correct=naive.base.correct - 10)
             assert cut.cut_short and a.correct <= cut.correct < naive.base.correct - 10
@@ -254,7 +258,7 @@ def test_fast_engine_is_exact_and_cuts_short_with_every_site_predicting(ckpt):
 
 def _config_rows(folder):
     db = sqlite3.connect(folder / "records.sqlite")
-    query = "SELECT config, correct, images, macs_saved, mispredicted, cut_short, estimated, stage FROM evals"
+    query = "SELECT config, correct, images, macs_saved, mispredicted, lost, cut_short, estimated, stage FROM evals"
     return [(r[0], r[1:]) for r in db.execute(query).fetchall()]
 
 
@@ -263,15 +267,15 @@ def test_screened_search_runs_every_mode_and_its_exact_records_equal_naive(full_
     options, out, summary = screened_run
     naive = dict(_config_rows(reference))
     screened = _config_rows(out)
-    estimated = [r for _, r in screened if r[5]]
-    assert estimated and all(r[6] in ("first", "patch") for r in estimated)  # never at site level
+    estimated = [r for _, r in screened if r[6]]
+    assert estimated and all(r[7] in ("first", "patch") for r in estimated)  # never at site level
     min_correct = (summary["base_calib_accuracy"] - 5.0) * OPTIONS["calib"] / 100
     compared = 0
     for config, row in screened:
-        if row[5] or config not in naive:
+        if row[6] or config not in naive:
             continue
         compared += 1
-        assert _same(naive[config][:5], row[:5], min_correct), (config, naive[config], row)
+        assert _same(naive[config][:6], row[:6], min_correct), (config, naive[config], row)
     assert compared > 50
     assert "screen" not in summary["modes"]["uniform-layer"]  # whole-site targets are always exact
 
@@ -287,7 +291,8 @@ def test_screen_check_is_the_rank_correlation_of_its_sample(screened_run):
         check = summary["modes"][mode]["screen"]
         pairs = db.execute(
             "SELECT f.correct, c.correct, c.images FROM evals c JOIN evals f ON f.config = c.config "
-            "AND f.mode = c.mode AND f.stage = 'first' WHERE c.stage = 'check' AND c.mode = ? ORDER BY c.id", (mode,)
+            "AND f.mode = c.mode AND f.stage = 'first' WHERE c.stage = 'check' AND c.mode = ? ORDER BY c.id",
+            (mode,),
         ).fetchall()
         estimated = db.execute("SELECT COUNT(*) FROM evals WHERE mode = ? AND stage = 'first' AND estimated = 1",
                                (mode,)).fetchone()[0]  # fmt: skip
@@ -338,6 +343,7 @@ def test_screen_estimates_follow_their_definition(ckpt):
                 delta = -(grad * acts["a"] * zeroed).flatten(1).sum(1)
                 hit = torch.where(delta == 0, margin.detach() > 0, margin.detach() + delta > 0)
                 assert est.correct == int(hit.sum())
+                assert est.lost == int(((margin.detach() > 0) & ~hit).sum())
 
 
 def test_spearman_against_hand_values():
@@ -408,7 +414,9 @@ def test_slope_candidates_are_pareto_optimal_by_brute_force(ckpt, tmp_path):
         for option in made[unit]:
             pieces = [record[(piece,)] for piece in option.plan]
             assert (option.result.macs_saved, option.result.mispredicted) == (
-                sum(r.macs_saved for r in pieces), sum(r.mispredicted for r in pieces))
+                sum(r.macs_saved for r in pieces),
+                sum(r.mispredicted for r in pieces),
+            )
             m, g = option.result.mispredicted, option.result.macs_saved
             assert not any((pm <= m and pg >= g) and (pm, pg) != (m, g) for pm, pg in points), (unit, option.plan)
             checked += 1
@@ -472,3 +480,39 @@ def test_a_second_writer_on_a_folder_is_refused_naming_the_first(ckpt, tmp_path)
         with pytest.raises(CrossneuronError, match=r"pid 4242"):
             train(TrainConfig(**TINY), out, quiet=True)
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_check_images_are_held_out_fixed_by_seed_and_the_same_for_any_calibration_size():
+    from crossneuron.optimize import _calibration_positions, check_positions
+
+    for calib in (10, 200, 4000):
+        check = check_positions(5000, calib, seed=3)
+        assert len(check) == 1000 and not set(check) & set(_calibration_positions(5000, calib, 3))
+        assert (check == check_positions(5000, 10, seed=3)).all()  # fixed whatever the calibration size
+    assert (check_positions(5000, 10, 4) != check_positions(5000, 10, 3)).any()
+    assert len(check_positions(5000, 4500, 0)) == 500 and len(check_positions(5000, 5000, 0)) == 0
+    assert len(check_positions(300, 100, 0, size=50)) == 50
+
+
+@pytest.mark.parametrize("budget", ["flips", "ucb:0.8"])
+def test_a_search_under_a_budget_rule_picks_only_what_the_rule_accepts(ckpt, tmp_path, budget):
+    from crossneuron.search.budget import get_budget
+    from crossneuron.search.records import EvalResult
+
+    ctx = open_checkpoint(ckpt)
+    options = SearchOptions(modes=["uniform-layer"], refine=True, budget=budget, **OPTIONS)
+    summary = optimize(ctx, options, tmp_path / "run", engine_name="fast", check=150)
+    rule, calib = get_budget(budget), OPTIONS["calib"]
+    base_correct = round(summary["base_calib_accuracy"] * calib / 100)
+    base = EvalResult(base_correct, calib, 0, 0, lost=0)
+    for eps in OPTIONS["eps"]:
+        data = load_result(tmp_path / "run" / "uniform-layer" / f"eps-{eps:g}" / "result.json")
+        step = data.trajectory[data.chosen_step]
+        correct = round(step["calib_accuracy"] * calib / 100)
+        assert rule.within(EvalResult(correct, calib, 0, 0, lost=step["calib_lost"]), base, eps)
+        assert step["calib_lost"] >= base_correct - correct
+        assert data.options["budget"] == rule.name and data.check_images == 150  # synthetic val: 300 images
+        x, y, check_hash = check_images(ctx, calib, 0, 150)
+        net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
+        held = measure(net, ctx.spec, x, y, result_masks(net, data))
+        assert (held.accuracy, held.drop, check_hash) == (data.check_accuracy, data.check_drop, data.check_hash)

@@ -6,7 +6,7 @@ from .net import PredictiveNet, SiteStats, Stats, attach
 from .patterns import code_to_pattern, diagonal, enumerate_patterns, pattern_codes, pattern_to_code
 from .sites import Site
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "MODELS",

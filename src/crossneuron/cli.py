@@ -15,6 +15,7 @@ from .errors import CrossneuronError
 from .macs import pct
 from .models import build_model
 from .net import attach
+from .search.budget import budgets_help
 from .search.modes import modes_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -245,6 +246,8 @@ def optimize(
     gt: Annotated[float, typer.Option(help="granularity threshold (0: single patches)")] = 10.0,
     eps: Annotated[str, typer.Option(help="accuracy budgets in points, comma separated")] = "0,0.5,1,3",
     calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,
+    check: Annotated[int, typer.Option(help="check images: held out of val, never searched on (SPEC 5)")] = 1000,
+    budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "net",
     top_m: Annotated[int | None, typer.Option(help="keep at most M options per target")] = None,
     couple: Annotated[str, typer.Option(help="none, residual, or groups of site names a+b,c+d")] = "none",
     engine: Annotated[str, typer.Option(help="evaluation engine")] = "naive",
@@ -257,8 +260,11 @@ def optimize(
         bool, typer.Option(help="after the layer quantizer, a forward greedy that keeps only moves within each eps")
     ] = False,
     refine_order: Annotated[
-        str, typer.Option(help="refine's move orders: mispredictions (0.3.0), index (0.2.2), or both comma separated "
-                               "(a pass each; the best step within each eps wins)")
+        str,
+        typer.Option(
+            help="refine's move orders: mispredictions (0.3.0), index (0.2.2), or both comma separated "
+            "(a pass each; the best step within each eps wins)"
+        ),
     ] = "mispredictions,index",
     combine: Annotated[
         str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
@@ -311,18 +317,21 @@ def optimize(
                 tasks[stage] = bar.add_task(stage, total=total, best=best)
             bar.update(tasks[stage], completed=done, total=total, best=best)
 
-        summary = opt.optimize(ctx, options, out, engine, progress)
+        summary = opt.optimize(ctx, options, out, engine, progress, check)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"MACs saved on the test split (calibration: {summary['calib_images']} val images)")
-    for col in ("mode", "eps", "calib drop", "test acc", "test drop", "% network", "% sites", "oracle % net"):
+    table = Table(title=f"MACs saved on the test split (budget {summary['budget']}; {summary['calib_images']} "
+                        f"calibration, {summary['check_images']} check images from val)")  # fmt: skip
+    for col in ("mode", "eps", "calib drop", "check drop", "test acc", "test drop", "% network", "% sites",
+                "oracle % net"):  # fmt: skip
         table.add_column(col, justify="right")
     for m, info in summary["modes"].items():
         for e, r in info["eps"].items():
-            table.add_row(m, e, f"{r['calib_drop']:.2f}", f"{r['test_accuracy']:.2f}", f"{r['test_drop']:.2f}",
-                          f"{r['macs_saved_pct_network']:.2f}", f"{r['macs_saved_pct_sites']:.2f}",
-                          f"{r['oracle_pct_network']:.2f}")  # fmt: skip
+            check_drop = "-" if r["check_drop"] is None else f"{r['check_drop']:.2f}"
+            table.add_row(m, e, f"{r['calib_drop']:.2f}", check_drop, f"{r['test_accuracy']:.2f}",
+                          f"{r['test_drop']:.2f}", f"{r['macs_saved_pct_network']:.2f}",
+                          f"{r['macs_saved_pct_sites']:.2f}", f"{r['oracle_pct_network']:.2f}")  # fmt: skip
     out_console().print(table)
     b = summary["baseline"]["test"]
     typer.echo(f"diagonal baseline (2018): {b['macs_saved_pct_network']:.2f}% of network MACs at a test drop of "
@@ -351,8 +360,9 @@ def report(
 def retrain(
     checkpoint: Annotated[str, typer.Option(help="checkpoint folder the masks were searched on")],
     masks: Annotated[str, typer.Option(help="a result.json written by `crossneuron optimize`")],
-    out: Annotated[str | None, typer.Option(help="new checkpoint folder (default RUN_DIR/retrain-<mode>-eps-<e>)")]
-    = None,  # fmt: skip
+    out: Annotated[
+        str | None, typer.Option(help="new checkpoint folder (default RUN_DIR/retrain-<mode>-eps-<e>)")
+    ] = None,  # fmt: skip
     epochs: int = 2,
     lr: float = 0.005,
     batch_size: int = 128,

@@ -31,9 +31,25 @@ from .splits import indices_hash, normalise
 ENGINES = {"naive": NaiveEngine, "fast": FastEngine}
 
 
+DEFAULT_CHECK = 1000  # check images (SPEC 5): the search never sees them; defaults are chosen on them
+
+
+def _val_order(n: int, seed: int) -> np.ndarray:
+    """The seeded order of the val split's positions: calibration images from its front, check images
+    from its back, so that the check images stay the same whatever the calibration size."""
+    return np.random.default_rng(seed).permutation(n)
+
+
 def _calibration_positions(n: int, size: int, seed: int) -> np.ndarray:
     """Sorted positions in the val split of the ``size`` calibration images drawn with ``seed``."""
-    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
+    return np.sort(_val_order(n, seed)[:size])
+
+
+def check_positions(n: int, calib: int, seed: int, size: int = DEFAULT_CHECK) -> np.ndarray:
+    """Sorted positions of the check images: the last ``size`` of the seeded order, fewer where the
+    calibration images leave fewer (never one of them)."""
+    size = max(0, min(size, n - calib))
+    return np.sort(_val_order(n, seed)[n - size :]) if size else np.zeros(0, dtype=np.int64)
 
 
 def calibration(ctx: Context, size: int, seed: int):
@@ -45,13 +61,11 @@ def calibration(ctx: Context, size: int, seed: int):
     return x[idx], y[idx], indices_hash(ctx.split.val[idx])
 
 
-def check_images(ctx: Context, size: int, seed: int):
-    """SPEC 5's check images: the val images the calibration draw (``size``, ``seed``) leaves out."""
+def check_images(ctx: Context, calib: int, seed: int, size: int = DEFAULT_CHECK):
+    """SPEC 5's check images for a calibration draw (``calib``, ``seed``): images, labels and hash."""
     x, y = ctx.data("val")
-    keep = np.ones(len(y), dtype=bool)
-    keep[_calibration_positions(len(y), size, seed)] = False
-    idx = torch.from_numpy(np.flatnonzero(keep))
-    return x[idx], y[idx]
+    idx = torch.from_numpy(check_positions(len(y), calib, seed, size))
+    return x[idx], y[idx], indices_hash(ctx.split.val[idx])
 
 
 def make_engine(name: str, ctx: Context, options: SearchOptions):
@@ -64,13 +78,14 @@ def make_engine(name: str, ctx: Context, options: SearchOptions):
     return net, engine, calib_hash
 
 
-def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, x_test, y_test) -> dict:
+def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, test, check) -> dict:
     """The 2018 diagonal pattern at every site: on the calibration images (the search's baseline
-    record) and on the test split."""
+    record), the check images and the test split (``test``, ``check``: images and labels)."""
     p = options.patch_size
     calib = search.baseline
-    test = measure(test_net, ctx.spec, x_test, y_test, {s.index: diagonal(p) for s in test_net.sites},
-                   options.batch_size, ctx.device)  # fmt: skip
+    masks = {s.index: diagonal(p) for s in test_net.sites}
+    on_test = measure(test_net, ctx.spec, *test, masks, options.batch_size, ctx.device)
+    on_check = measure(test_net, ctx.spec, *check, masks, options.batch_size, ctx.device) if len(check[1]) else None
     return {
         "pattern": "diagonal",
         "patch_size": p,
@@ -79,13 +94,18 @@ def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test
             "drop": search.base.accuracy - calib.accuracy,
             "macs_saved_pct_network": pct(calib.macs_saved, calib.images, search.net.network_macs),
         },
-        "test": test.as_dict(),
+        "check": None if on_check is None else {k: v for k, v in on_check.as_dict().items() if k != "per_site"},
+        "test": on_test.as_dict(),
     }
 
 
-def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None) -> dict:
-    """Run the search and write its results; returns the summary (also in summary.json)."""
+def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None,
+             check: int = DEFAULT_CHECK) -> dict:  # fmt: skip
+    """Run the search and write its results; returns the summary (also in summary.json). ``check``: how many
+    check images (SPEC 5) every result is also measured on (fewer where the calibration leaves fewer)."""
     options.check(len(ctx.split.val))
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise CrossneuronError(f"--check must be a number of images >= 0, got {check!r}")
     out = output_folder(out, create=False)  # checked now, made once the options have passed
     net, engine, calib_hash = make_engine(engine_name, ctx, options)
     output_folder(out)
@@ -103,18 +123,22 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
         search = Search(net, engine, store, options, progress)
         base = search.base
         x_test, y_test = ctx.data("test")
+        x_check, y_check, check_hash = check_images(ctx, options.calib, options.seed, check)
         test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
         baseline = None
         if search.baseline is not None:
-            baseline = diagonal_baseline(search, ctx, options, test_net, x_test, y_test)
+            baseline = diagonal_baseline(search, ctx, options, test_net, (x_test, y_test), (x_check, y_check))
             write_json(out / "baseline.json", baseline)
-        summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "baseline": baseline, "modes": {}}
+        summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "check_images": len(y_check),
+                   "budget": options.budget, "baseline": baseline, "modes": {}}  # fmt: skip
 
         def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
             """The trajectory's best configuration within ``eps``, measured on the test split and written."""
             step, plans = mode.best(base, eps)
             masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
             test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
+            held = measure(test_net, ctx.spec, x_check, y_check, masks, options.batch_size, ctx.device) \
+                if len(y_check) else None  # fmt: skip
             result = Result(
                 mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
                 val_hash=identity["val_hash"], calib_hash=calib_hash, patch_size=options.patch_size,
@@ -122,6 +146,9 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
                 calib_accuracy=step.result.accuracy, calib_base_accuracy=base.accuracy,
                 calib_drop=base.accuracy - step.result.accuracy,
                 calib_macs_saved_pct_network=pct(step.result.macs_saved, base.images, net.network_macs),
+                check_accuracy=held.accuracy if held else None,
+                check_base_accuracy=held.base_accuracy if held else None, check_drop=held.drop if held else None,
+                check_images=len(y_check), check_hash=check_hash if held else None,
                 test_accuracy=test.accuracy, test_base_accuracy=test.base_accuracy, test_drop=test.drop,
                 macs_saved_pct_network=test.macs_saved_pct_network, macs_saved_pct_sites=test.macs_saved_pct_sites,
                 oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
@@ -130,8 +157,9 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             )  # fmt: skip
             write_result(folder / "result.json", result)
             export_masks(folder / "masks.safetensors", net, masks)
-            keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "test_accuracy", "test_drop",
-                    "macs_saved_pct_network", "macs_saved_pct_sites", "oracle_pct_network")  # fmt: skip
+            keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "check_drop",
+                    "test_accuracy", "test_drop", "macs_saved_pct_network", "macs_saved_pct_sites",
+                    "oracle_pct_network")  # fmt: skip
             return {k: getattr(result, k) for k in keys}
 
         for result in search.run():

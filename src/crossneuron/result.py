@@ -43,6 +43,11 @@ class Result:
     calib_base_accuracy: float
     calib_drop: float
     calib_macs_saved_pct_network: float | None  # None in results rewritten by retrain before 0.4
+    check_accuracy: float | None  # on the check images (SPEC 5); None before 0.5 or without check images
+    check_base_accuracy: float | None
+    check_drop: float | None
+    check_images: int | None
+    check_hash: str | None
     test_accuracy: float
     test_base_accuracy: float
     test_drop: float
@@ -89,7 +94,7 @@ class Result:
                                    f"{type(self.masks).__name__}")  # fmt: skip
         for name, entry in self.masks.items():
             _check_entry(where, name, entry, p)
-        for key in ("eps", "calib_accuracy", "test_accuracy", "macs_saved_pct_network"):
+        for key in ("eps", "calib_accuracy", "check_accuracy", "test_accuracy", "macs_saved_pct_network"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):  # fmt: skip
@@ -98,7 +103,7 @@ class Result:
 
 def _check_entry(where: str, name: str, entry: Any, p: int) -> None:
     if not isinstance(entry, dict) or not isinstance(entry.get("pieces"), list):
-        raise CrossneuronError(f"{where}: masks['{name}'] must be {{\"side\": S, \"pieces\": [...]}}")
+        raise CrossneuronError(f'{where}: masks[\'{name}\'] must be {{"side": S, "pieces": [...]}}')
     side = entry.get("side")
     if isinstance(side, bool) or not isinstance(side, int) or side < p or side % p:
         raise CrossneuronError(f"{where}: masks['{name}'] has block side {side!r}: it must be a multiple of p = {p}")
@@ -197,6 +202,7 @@ def trajectory_json(net: PredictiveNet, units: list[list[int]], trajectory, base
             "calib_accuracy": t.result.accuracy,  # an upper bound where cut_short
             "cut_short": t.result.cut_short,
             "calib_drop": base.accuracy - t.result.accuracy,
+            "calib_lost": t.result.lost,  # images right with no prediction, wrong here (a lower bound where cut_short)
             "macs_saved_pct_network": pct(t.result.macs_saved, t.result.images, net.network_macs),
             "macs_saved_pct_sites": pct(t.result.macs_saved, t.result.images, net.site_macs),
         }

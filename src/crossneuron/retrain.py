@@ -18,7 +18,7 @@ from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
 from .fsutil import folder_lock, write_json
-from .optimize import calibration, optimize
+from .optimize import calibration, check_images, optimize
 from .result import Result, attach_result, load_result, write_result
 from .search.options import SearchOptions
 from .train import TrainConfig, train
@@ -61,6 +61,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         new = open_checkpoint(out, data_root, device)
         options = data.options
         x_cal, y_cal, _ = calibration(ctx, options["calib"], options["seed"])
+        x_chk, y_chk, _ = check_images(ctx, options["calib"], options["seed"], data.check_images or 0)
         x_test, y_test = ctx.data("test")
         bs = options.get("batch_size", 500)
         record = {
@@ -75,11 +76,18 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             "train_seconds": metrics["train_seconds"],
             "seconds": seconds,
             "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction
-            "before": {"test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
-                       "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs)},  # fmt: skip
-            "after": {"test": _measure(new.model, new, data, x_test, y_test, bs),
-                      "calib": _measure(new.model, new, data, x_cal, y_cal, bs)},  # fmt: skip
+            "before": {
+                "test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
+                "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs),
+            },  # fmt: skip
+            "after": {
+                "test": _measure(new.model, new, data, x_test, y_test, bs),
+                "calib": _measure(new.model, new, data, x_cal, y_cal, bs),
+            },  # fmt: skip
         }
+        if len(y_chk):
+            for key, (model, c) in (("before", (ctx.model, ctx)), ("after", (new.model, new))):
+                record[key]["check"] = _measure(model, c, data, x_chk, y_chk, bs)
         for key in ("before", "after"):  # the report's keys
             record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
         write_json(out / "retrain.json", record)
@@ -88,7 +96,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         write_result(out / "result.json", dataclasses.replace(
             data, checkpoint=str(out.resolve()), weights_hash=new.weights_hash, retrained_from=record["checkpoint"],
             calib_accuracy=calib["accuracy"], calib_base_accuracy=calib["no_prediction_accuracy"],
-            calib_drop=calib["drop"], test_accuracy=after["accuracy"],
+            calib_drop=calib["drop"], **_check_fields(record["after"].get("check")), test_accuracy=after["accuracy"],
             test_base_accuracy=after["no_prediction_accuracy"],
             test_drop=after["drop"], macs_saved_pct_network=after["macs_saved_pct_network"],
             macs_saved_pct_sites=after["macs_saved_pct_sites"], oracle_pct_network=after["oracle_pct_network"],
@@ -100,14 +108,23 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         return record
 
 
+def _check_fields(check: dict | None) -> dict:
+    """result.json's check numbers from a measurement on the check images (all None without one)."""
+    if check is None:
+        return {"check_accuracy": None, "check_base_accuracy": None, "check_drop": None}
+    return {"check_accuracy": check["accuracy"], "check_base_accuracy": check["no_prediction_accuracy"],
+            "check_drop": check["drop"]}  # fmt: skip
+
+
 def search_options(identity: dict) -> SearchOptions:
     """The options of a result's search from its ``options`` (as written by ``SearchOptions.identity``);
     options of earlier versions take their then defaults (``site_wide`` is gone: False was its default;
-    ``combine`` defaulted to rank before 0.4)."""
+    ``combine`` defaulted to rank before 0.4, ``budget`` was net before 0.5)."""
     known = {f.name for f in dataclasses.fields(SearchOptions)}
     o = {k: v for k, v in identity.items() if k in known}
     if identity.get("site_wide"):
         raise CrossneuronError("this result was searched with --site-wide, which 0.4 retired: search it again")
     o.setdefault("combine", "rank")
+    o.setdefault("budget", "net")  # before 0.5, the only rule
     o["ones"] = tuple(o["ones"]) if o.get("ones") else None
     return SearchOptions(**o)

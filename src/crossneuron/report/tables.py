@@ -50,4 +50,3 @@ def markdown(run: Run) -> str:
                          f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (no prediction {t['base_accuracy']:.2f}) | "
                          f"{_cell(b)} -> {_cell(a)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
-

@@ -26,7 +26,8 @@ class Engine(Protocol):
       (the screen's gradient pass reads them).
     - ``evaluate(masks, min_correct)``: ``masks`` maps site index -> (C, Hp, Wp) bool mask (absent
       sites predict nothing); with ``min_correct`` the engine may stop once fewer images can be
-      right and return an upper bound with ``cut_short`` set. The result must not depend on what
+      right and return an upper bound with ``cut_short`` set. The record counts ``lost`` (images
+      right at base, wrong here) for the budget rules. The result must not depend on what
       was evaluated before (records are memoised and reused across runs).
     """
 
@@ -50,6 +51,7 @@ class NaiveEngine:
             (images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)
         ]
         self.images = len(labels)
+        self.base_hit: torch.Tensor | None = None  # per image: right with no prediction
         self.base = NaiveEngine.evaluate(self, {})  # a full pass, whatever the subclass
 
     def set_masks(self, masks: dict[int, torch.Tensor]) -> PredictiveNet:
@@ -65,8 +67,14 @@ class NaiveEngine:
         t0 = time.perf_counter()
         net = self.set_masks(masks)
         net.reset_stats()
-        correct = torch.zeros((), dtype=torch.int64)
-        for x, y in self.batches:
-            correct += (net(x).argmax(1) == y).sum().cpu()
+        hit = torch.cat([net(x).argmax(1) == y for x, y in self.batches])
         stats = net.stats()
-        return EvalResult(int(correct), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0)
+        if self.base_hit is None:
+            self.base_hit = hit
+        return EvalResult(int(hit.sum()), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0,
+                          lost=lost_images(self.base_hit, hit))  # fmt: skip
+
+
+def lost_images(base_hit: torch.Tensor, hit: torch.Tensor) -> int:
+    """Images right at base and wrong in ``hit`` (per-image booleans, same order)."""
+    return int((base_hit & ~hit).sum())

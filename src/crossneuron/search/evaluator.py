@@ -17,6 +17,7 @@ import torch
 
 from ..net import PredictiveNet
 from ..patterns import pattern_codes
+from .budget import NET, Budget
 from .engine import Engine
 from .plan import SitePlan, block_grid, block_side, plan_json, plan_mask
 from .records import EvalResult
@@ -34,9 +35,10 @@ def min_correct(base: EvalResult, eps: float) -> int:
     return math.ceil(base.correct - eps * base.images / 100 - 1e-9)
 
 
-def near_boundary(estimate: EvalResult, base: EvalResult, eps: float, band: float) -> bool:
-    """Whether a screened estimate's drop lies within ``band`` points of ``eps`` (then it is evaluated exactly)."""
-    return abs(100.0 * (base.correct - estimate.correct) / estimate.images - eps) <= band
+def near_boundary(estimate: EvalResult, base: EvalResult, eps: float, band: float, budget: Budget = NET) -> bool:
+    """Whether a screened estimate's charge (``budget``) lies within ``band`` points of ``eps`` (then it is
+    evaluated exactly)."""
+    return abs(budget.charge(estimate, base) - eps) <= band
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,13 @@ class Space:
 
 class Evaluator:
     """Evaluations through the store. ``eps`` is the largest epsilon asked (the default cut-off);
-    ``screener`` (a ``Screen``, or None) and ``screen_band`` serve ``screened``."""
+    ``screener`` (a ``Screen``, or None), ``screen_band`` and ``budget`` (the rule that decides which
+    estimates lie near ``eps``) serve ``screened``."""
 
     def __init__(self, engine: Engine, store: Store, space: Space, eps: float, screener=None,
-                 screen_band: float = 1.0):  # fmt: skip
+                 screen_band: float = 1.0, budget: Budget = NET):  # fmt: skip
         self.engine, self.store, self.space = engine, store, space
-        self.eps, self.screener, self.screen_band = eps, screener, screen_band
+        self.eps, self.screener, self.screen_band, self.budget = eps, screener, screen_band, budget
         self._pending: list = []
         self.base = self.evaluate(Where("base", "-"), {})
 
@@ -110,8 +113,8 @@ class Evaluator:
             return found
         est = estimate or self.screener.estimate(site, plan)
         if est.mispredicted == 0:  # nothing changes: exactly the base accuracy
-            result = EvalResult(self.base.correct, est.images, est.macs_saved, 0)
-        elif near_boundary(est, self.base, self.eps, self.screen_band):
+            result = EvalResult(self.base.correct, est.images, est.macs_saved, 0, lost=0)
+        elif near_boundary(est, self.base, self.eps, self.screen_band, self.budget):
             return self.evaluate(where, {site: plan}, may_cut=True)
         else:
             result = est

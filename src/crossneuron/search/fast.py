@@ -24,7 +24,7 @@ import torch.fx as fx
 
 from ..net import PredictiveNet
 from ..precision import full_fp32
-from .engine import NaiveEngine
+from .engine import NaiveEngine, lost_images
 from .records import EvalResult
 
 SPATIAL_PREFIX = "crossneuron_spatial."
@@ -126,11 +126,11 @@ class FastEngine(NaiveEngine):
         net = self.set_masks(masks)
         predicting = [s.index for s in net.sites if net.spatial(s).predicting]
         if not predicting:
-            return EvalResult(self.base.correct, self.images, 0, 0, time.perf_counter() - t0)
+            return EvalResult(self.base.correct, self.images, 0, 0, time.perf_counter() - t0, lost=0)
         if predicting[0] not in self.tails:  # its cut is not cached: a full pass
             result = super().evaluate(masks)
             return EvalResult(result.correct, result.images, result.macs_saved, result.mispredicted,
-                              time.perf_counter() - t0)  # fmt: skip
+                              time.perf_counter() - t0, lost=result.lost)  # fmt: skip
         net.reset_stats()
         hits = self.base_hits.clone()
         for start in range(0, self.images, self.chunk):  # all cached: later cuts are cached before earlier ones
@@ -146,9 +146,11 @@ class FastEngine(NaiveEngine):
                 if bound < min_correct and end < self.images:
                     stats = net.stats()
                     return EvalResult(bound, self.images, stats.macs_saved, stats.mispredicted,
-                                      time.perf_counter() - t0, cut_short=True)  # fmt: skip
+                                      time.perf_counter() - t0, cut_short=True,
+                                      lost=lost_images(self.base_hits, hits))  # fmt: skip
         stats = net.stats()
-        return EvalResult(int(hits.sum()), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0)
+        return EvalResult(int(hits.sum()), self.images, stats.macs_saved, stats.mispredicted, time.perf_counter() - t0,
+                          lost=lost_images(self.base_hits, hits))  # fmt: skip
 
     def _predict_at(self, k: int, rows: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         """Apply site ``k``'s prediction to the cached maps of ``rows`` (base activations so far);

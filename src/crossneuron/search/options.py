@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import CrossneuronError
 from ..patterns import check_ones
+from .budget import get_budget
 from .modes import parse_modes
 from .quantize import COMBINERS, MOVE_ORDERS
 
@@ -35,6 +36,7 @@ class SearchOptions:
     # the reference every search evaluates on its calibration images (the 2018 diagonal at every
     # site; None: none); with refine, a second pass starts from it at its own calibration drop
     baseline: str | None = "diagonal"
+    budget: str = "net"  # what "within epsilon" means (budget.get_budget): net, flips, ucb[:LEVEL]
 
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
@@ -60,6 +62,7 @@ class SearchOptions:
                                    "or a comma list of them, each once")  # fmt: skip
         if self.batch_size < 1:
             raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
+        self.budget = get_budget(self.budget).name  # canonical: ucb -> ucb:0.9
         if self.baseline is not None and self.baseline not in BASELINES:
             raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
 

@@ -6,22 +6,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..macs import pct
-from .quantize import within
+from .budget import NET, Budget
 from .records import EvalResult
 
 Report = Callable[[str, int, int, float], None]  # stage, done, total, best % of network MACs
 
 
 class Progress:
-    def __init__(self, report: Report | None, base: EvalResult, eps: float, network_macs: int):
+    def __init__(self, report: Report | None, base: EvalResult, eps: float, network_macs: int,
+                 budget: Budget = NET):  # fmt: skip
         self._report = report or (lambda stage, done, total, best: None)
-        self.base, self.eps, self.network_macs = base, eps, network_macs
+        self.base, self.eps, self.network_macs, self.budget = base, eps, network_macs, budget
         self._stage: str | None = None
         self._best = 0
 
     def seen(self, result: EvalResult) -> None:
         """Count a result towards the stage's best without reporting."""
-        if within(result, self.base, self.eps):
+        if self.budget.within(result, self.base, self.eps):
             self._best = max(self._best, result.macs_saved)
 
     def __call__(self, stage: str, done: int, total: int, result: EvalResult | None = None) -> None:

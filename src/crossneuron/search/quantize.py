@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .budget import NET, Budget
 from .plan import SitePlan
 from .records import EvalResult
 
@@ -20,16 +21,15 @@ class Option:
 
 
 def within(result: EvalResult, base: EvalResult, eps: float) -> bool:
-    """Accuracy >= base accuracy - eps (percentage points), exact up to float rounding of eps."""
-    return (
-        100.0 * (base.correct * result.images - result.correct * base.images)
-        <= eps * result.images * base.images + 1e-9
-    )
+    """Accuracy >= base accuracy - eps (percentage points; the ``net`` budget rule)."""
+    return NET.within(result, base, eps)
 
 
-def rank(options: Sequence[Option], base: EvalResult, eps: float, top_m: int | None = None) -> list[Option]:
-    """Options within ``eps``, sorted by MACs saved then accuracy (both descending), at most ``top_m``."""
-    kept = [o for o in options if within(o.result, base, eps)]
+def rank(options: Sequence[Option], base: EvalResult, eps: float, top_m: int | None = None,
+         budget: Budget = NET) -> list[Option]:  # fmt: skip
+    """Options within ``eps`` (by ``budget``), sorted by MACs saved then accuracy (both descending), at most
+    ``top_m``."""
+    kept = [o for o in options if budget.within(o.result, base, eps)]
     kept.sort(key=lambda o: (-o.result.macs_saved, -o.result.correct))  # stable: ties keep their order
     return kept[:top_m] if top_m is not None else kept
 
@@ -144,11 +144,11 @@ def layer_quantize(
         trajectory.append(snapshot(len(trajectory), best))
 
 
-def pick(trajectory: Sequence[Step], base: EvalResult, eps: float) -> Step:
-    """The evaluated configuration with the most MACs saved within ``eps`` (ties: higher accuracy,
-    then earlier). The final all-none step is always within any eps >= 0. Steps cut short carry only
-    an upper bound of their accuracy and are never picked (they lie outside the search's epsilon)."""
-    ok = [t for t in trajectory if not t.result.cut_short and within(t.result, base, eps)]
+def pick(trajectory: Sequence[Step], base: EvalResult, eps: float, budget: Budget = NET) -> Step:
+    """The evaluated configuration with the most MACs saved within ``eps`` by ``budget`` (ties: higher
+    accuracy, then earlier). The final all-none step is always within any eps >= 0. Steps cut short
+    carry only an upper bound of their accuracy and are never picked."""
+    ok = [t for t in trajectory if not t.result.cut_short and budget.within(t.result, base, eps)]
     return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))
 
 
@@ -190,6 +190,7 @@ def forward_quantize(
     start: int = 0,
     seed: dict[int, int] | None = None,
     key: Callable[[Sequence[EvalResult], Sequence[EvalResult]], tuple] = move_key,
+    budget: Budget = NET,
 ) -> list[Step]:
     """The ``refine`` stage (not in SPEC 6; opt-in): a forward greedy with joint acceptance.
 
@@ -200,7 +201,7 @@ def forward_quantize(
     first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
     Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
     (``evaluate(plans, step, eps)`` may cut them short against ``eps``). ``key`` orders the moves
-    (``MOVE_ORDERS``).
+    (``MOVE_ORDERS``); ``budget`` judges "within".
 
     ``seed``: a known configuration (per site, an index into ``options``; e.g. the 2018 diagonal mask
     everywhere), evaluated first (against the largest epsilon); at each epsilon where it is within and
@@ -224,7 +225,7 @@ def forward_quantize(
         pos.update(saved)
     for eps in sorted(eps_list):
         frozen: set[int] = set()
-        if (seeded is not None and not seeded.cut_short and within(seeded, base, eps)
+        if (seeded is not None and budget.within(seeded, base, eps)
                 and seeded.macs_saved > current.macs_saved):  # fmt: skip
             pos.update(seed)
             current, seeded = seeded, None
@@ -245,7 +246,7 @@ def forward_quantize(
             step = start + len(trajectory)
             result = evaluate(plans(), step, eps)
             trajectory.append(Step(step, best, tuple(pos[s] for s in sites), result, "refine"))
-            if within(result, base, eps):
+            if budget.within(result, base, eps):
                 current = result
             else:
                 pos.update(before)

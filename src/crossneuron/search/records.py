@@ -19,6 +19,8 @@ class EvalResult:
     cut_short: bool = False  # stopped once it could not reach min_correct: correct is an upper bound,
     # macs_saved and mispredicted cover only the images seen
     estimated: bool = False  # screened: correct is a first-order estimate (macs_saved, mispredicted exact)
+    lost: int | None = None  # images right at base and wrong here (the budget rules' paired flips; the
+    # images turned right are correct - base correct + lost); None in records of 0.4 and before
 
     @property
     def accuracy(self) -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..errors import CrossneuronError
 from ..net import PredictiveNet
 from ..patterns import diagonal, pattern_to_code
+from .budget import NET, Budget, get_budget
 from .engine import Engine
 from .evaluator import Evaluator, Space
 from .modes import MODES, get_mode
@@ -69,8 +70,10 @@ class ModeResult:
     screen: dict | None = None  # the proxy's check against exact evaluations, when screened
     seconds: float = 0.0
 
+    budget: Budget = NET  # the rule the search judged "within" by
+
     def best(self, base: EvalResult, eps: float) -> tuple[Step, dict[int, SitePlan]]:
-        step = pick(self.trajectory, base, eps)
+        step = pick(self.trajectory, base, eps, self.budget)
         return step, self.plans_by_step[step.step]
 
 
@@ -92,19 +95,22 @@ class Search:
 
             screener = Screen(net, engine.batches, list(self.space.codes), self.space.sides)
         eps = max(options.eps)
-        self.evaluator = Evaluator(engine, store, self.space, eps, screener, options.screen_band)
+        self.budget = get_budget(options.budget)
+        self.evaluator = Evaluator(engine, store, self.space, eps, screener, options.screen_band, self.budget)
         self.base = self.evaluator.base
         self.baseline: EvalResult | None = None
         self.baseline_plans: dict[int, SitePlan] | None = None
         if options.baseline is not None:
             self.baseline_plans = baseline_plans(net, options.patch_size)
             self.baseline = self.evaluator.evaluate(Where("baseline", "-"), self.baseline_plans)
-        self.stages = Stages(self.space, self.evaluator, options, Progress(progress, self.base, eps, net.network_macs))
+        self.stages = Stages(self.space, self.evaluator, options,
+                             Progress(progress, self.base, eps, net.network_macs, self.budget))  # fmt: skip
 
     @property
     def baseline_drop(self) -> float | None:
-        """The baseline's calibration drop (points, at least 0): refine's seeded pass budget."""
-        return None if self.baseline is None else max(0.0, self.base.accuracy - self.baseline.accuracy)
+        """What the budget rule charges the baseline on the calibration images (points, at least 0; with
+        ``net``, its calibration drop): refine's seeded pass budget and the at-baseline choice."""
+        return None if self.baseline is None else max(0.0, self.budget.charge(self.baseline, self.base))
 
     def run(self) -> Iterator[ModeResult]:
         for mode in self.options.modes:
@@ -124,4 +130,4 @@ class Search:
                 trajectory += refine_stage(st, mode, self.units, seeded, plans_by_step, len(trajectory),
                                            [self.baseline_drop], seed, order)  # fmt: skip
         return ModeResult(mode, options, self.units, trajectory, plans_by_step, st.screen_checks.get(mode),
-                          time.perf_counter() - t0)  # fmt: skip
+                          time.perf_counter() - t0, self.budget)  # fmt: skip

@@ -7,8 +7,9 @@ Predicting a patch zeroes its mask-0 positions, so the margin moves by about ``-
 non-zero ones (a first-order Taylor estimate). For every site, pattern, channel and block the pass
 keeps that move per image, and the exact MACs saved and mispredictions (sums over images, as the
 Spatial layer counts them). A plan's estimate adds its pieces' moves (pieces cover disjoint
-positions) and counts the images whose margin stays positive; images it does not move keep their
-base result. MACs saved and mispredictions of a single-site plan are exact, only ``correct`` is
+positions) and counts the images whose margin stays positive (and, for the budget rules, the
+base-right images whose margin it turns negative: ``lost``); images it does not move keep their base
+result. MACs saved and mispredictions of a single-site plan are exact; ``correct`` and ``lost`` are
 estimated.
 """
 
@@ -140,7 +141,9 @@ class Screen:
         for piece in plan:
             d, m, w = self._piece(table, piece)
             delta, macs, wrong = delta + d, macs + m, wrong + w
-        return EvalResult(self.correct(delta), len(self.margin), macs, wrong, estimated=True)
+        hit = self.hits(delta)
+        return EvalResult(int(hit.sum()), len(self.margin), macs, wrong, estimated=True,
+                          lost=int((self.base_hit & ~hit).sum()))  # fmt: skip
 
     def hits(self, delta: torch.Tensor) -> torch.Tensor:
         """Per image (first dimension; more may follow): images the candidate does not move keep their
@@ -162,11 +165,14 @@ class Screen:
                 delta, macs, wrong = delta.sum(1, keepdim=True), macs.sum(0, keepdim=True), wrong.sum(0, keepdim=True)
             if not by_block:
                 delta, macs, wrong = delta.sum(2, keepdim=True), macs.sum(1, keepdim=True), wrong.sum(1, keepdim=True)
-            correct = self.hits(delta).sum(0)
+            hit = self.hits(delta)
+            correct = hit.sum(0)
+            lost = (self.base_hit.view(-1, 1, 1) & ~hit).sum(0)
             for c in range(correct.shape[0]):
                 for b in range(correct.shape[1]):
                     key = (c if by_channel else None, b if by_block else None, code)
-                    out[key] = EvalResult(int(correct[c, b]), n, int(macs[c, b]), int(wrong[c, b]), estimated=True)
+                    out[key] = EvalResult(int(correct[c, b]), n, int(macs[c, b]), int(wrong[c, b]), estimated=True,
+                                          lost=int(lost[c, b]))  # fmt: skip
         return out
 
 

@@ -35,7 +35,7 @@ class Stages:
 
     def rank(self, options: list[Option]) -> list[Option]:
         """Options within the largest epsilon, ranked (SPEC 6), at most top-M."""
-        return rank(options, self.base, self.ev.eps, self.options.top_m)
+        return rank(options, self.base, self.ev.eps, self.options.top_m, self.ev.budget)
 
 
 def first_level(st: Stages, mode: Mode) -> dict[Key, list[Option]]:
@@ -171,7 +171,7 @@ def refine_stage(st: Stages, mode: str, units, options, plans_by_step: list, sta
         st.progress(f"{mode}: refine", step + 1 - start, total, result)
         return result
 
-    return forward_quantize(units, options, st.base, evaluate, eps, start, seed, MOVE_ORDERS[order])
+    return forward_quantize(units, options, st.base, evaluate, eps, start, seed, MOVE_ORDERS[order], st.ev.budget)
 
 
 def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS evals (
     seconds REAL NOT NULL,
     engine TEXT NOT NULL,
     cut_short INTEGER NOT NULL DEFAULT 0,  -- 1: stopped early; correct is an upper bound
-    estimated INTEGER NOT NULL DEFAULT 0   -- 1: screened; correct is a first-order estimate
+    estimated INTEGER NOT NULL DEFAULT 0,  -- 1: screened; correct is a first-order estimate
+    lost INTEGER                           -- images right at base and wrong here (NULL before 0.5)
 );
 CREATE INDEX IF NOT EXISTS evals_config ON evals(config);
 """
@@ -67,6 +68,8 @@ class Store:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(evals)")}
             if "estimated" not in columns:  # a database from before screening: every record is exact
                 self.db.execute("ALTER TABLE evals ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0")
+            if "lost" not in columns:  # a database from before the budget rules: lost unknown (NULL)
+                self.db.execute("ALTER TABLE evals ADD COLUMN lost INTEGER")
             rows = dict(self.db.execute("SELECT key, value FROM run").fetchall())
         except sqlite3.DatabaseError as exc:
             raise CrossneuronError(f"{path} is not a readable search database ({exc}): use another --out") from None
@@ -86,26 +89,28 @@ class Store:
 
     def find(self, where: Where, config: str) -> EvalResult | None:
         row = self.db.execute(
-            "SELECT correct, images, macs_saved, mispredicted, seconds, cut_short, estimated, config FROM evals "
+            "SELECT correct, images, macs_saved, mispredicted, seconds, cut_short, estimated, lost, config FROM evals "
             "WHERE key = ?",
             (where.key,),
         ).fetchone()
         if row is not None:
-            if row[7] != config:
+            if row[8] != config:
                 raise CrossneuronError(
                     f"{self.path}: record '{where.key}' was made for other masks; the database does not belong "
                     "to this search: use another --out"
                 )
-            row = row[:7]
+            row = row[:8]
         else:
             row = self.db.execute(
-                "SELECT correct, images, macs_saved, mispredicted, 0.0, cut_short, estimated FROM evals "
-                "WHERE config = ? AND cut_short = 0 AND estimated = 0 LIMIT 1",
+                "SELECT correct, images, macs_saved, mispredicted, 0.0, cut_short, estimated, lost FROM evals "
+                "WHERE config = ? AND cut_short = 0 AND estimated = 0 AND lost IS NOT NULL LIMIT 1",
                 (config,),
             ).fetchone()
             if row is not None:  # the same masks evaluated in another context: same numbers
-                self.add(where, config, EvalResult(*row[:4], seconds=0.0), "reused")
-        return None if row is None else EvalResult(*row[:5], cut_short=bool(row[5]), estimated=bool(row[6]))
+                self.add(where, config, EvalResult(*row[:4], seconds=0.0, lost=row[7]), "reused")
+        if row is None or row[7] is None:  # none, or made before lost was counted: evaluate again
+            return None
+        return EvalResult(*row[:5], cut_short=bool(row[5]), estimated=bool(row[6]), lost=row[7])
 
     def add(self, where: Where, config: str, result: EvalResult, engine: str) -> None:
         self.add_many([(where, config, result)], engine)
@@ -116,11 +121,11 @@ class Store:
             self.db.execute("BEGIN")
             self.db.executemany(
                 "INSERT OR REPLACE INTO evals (key, config, stage, mode, site, channel, block, pattern, candidate,"
-                " correct, images, macs_saved, mispredicted, seconds, engine, cut_short, estimated)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " correct, images, macs_saved, mispredicted, seconds, engine, cut_short, estimated, lost)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(where.key, config, where.stage, where.mode, where.site, where.channel, where.block, where.pattern,
                   where.candidate, result.correct, result.images, result.macs_saved, result.mispredicted,
-                  result.seconds, engine, int(result.cut_short), int(result.estimated))
+                  result.seconds, engine, int(result.cut_short), int(result.estimated), result.lost)
                  for where, config, result in rows],
             )  # fmt: skip
 

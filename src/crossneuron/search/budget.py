@@ -1,0 +1,128 @@
+"""Budget rules (``--budget``): what "within epsilon" means for one evaluation record (SPEC 7).
+
+A record compares a configuration with the base (no prediction) on the same calibration images.
+Per image the two are *paired*: ``lost`` images were right at base and are wrong with the masks,
+``gained`` images the other way round. A rule charges a record some points of accuracy; the record
+is within epsilon when the charge is at most epsilon. Every stage that asks "within epsilon"
+(first-level filtering, the quantizers, refine, ``pick``, progress, the screen's exact band) asks
+the search's rule.
+
+- ``net``: the calibration drop, 100 (lost - gained) / N (0.4.0 and before).
+- ``flips``: 100 lost / N. Images turned right are not credited, so a configuration cannot pay for
+  a lost image with one that a lucky perturbation happened to fix.
+- ``ucb[:LEVEL]`` (level in (0, 1), default 0.9): a one-sided upper confidence bound on the drop
+  a new image would see. Given D = lost + gained discordant images, lost is binomial(D, q) and the
+  drop is (D / N)(2q - 1); the exact (Clopper-Pearson) upper bound q_u of q at LEVEL gives the
+  charge 100 (D / N)(2 q_u - 1). At D = 0 it charges 0.
+
+Each rule charges at least the net drop (lost >= lost - gained; q_u >= lost / D), so the engines'
+cut-off, which stops a candidate once its *net* drop must exceed epsilon (``evaluator.min_correct``),
+never stops one a rule would accept. A record cut short is never within (its counts are bounds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CrossneuronError
+from .records import EvalResult
+
+TOLERANCE = 1e-9  # points: float rounding of epsilon
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A rule: ``charge(result, base)`` in points; ``within(result, base, eps)``."""
+
+    name: str  # as given to --budget (canonical form)
+
+    def charge(self, result: EvalResult, base: EvalResult) -> float:
+        raise NotImplementedError
+
+    def within(self, result: EvalResult, base: EvalResult, eps: float) -> bool:
+        if result.cut_short:
+            return False
+        return self.charge(result, base) <= eps + TOLERANCE
+
+
+def _lost(result: EvalResult, base: EvalResult) -> int:
+    if result.lost is None:
+        raise CrossneuronError("a record without its lost-image count cannot be judged by this budget rule")
+    return result.lost
+
+
+@dataclass(frozen=True)
+class Net(Budget):
+    name: str = "net"
+
+    def charge(self, result: EvalResult, base: EvalResult) -> float:
+        return 100.0 * (base.correct * result.images - result.correct * base.images) / (result.images * base.images)
+
+    def within(self, result: EvalResult, base: EvalResult, eps: float) -> bool:
+        if result.cut_short:
+            return False
+        return (  # exact in integers up to float rounding of eps (as 0.4.0's quantize.within)
+            100.0 * (base.correct * result.images - result.correct * base.images)
+            <= eps * result.images * base.images + 1e-9
+        )
+
+
+@dataclass(frozen=True)
+class Flips(Budget):
+    name: str = "flips"
+
+    def charge(self, result: EvalResult, base: EvalResult) -> float:
+        return 100.0 * _lost(result, base) / result.images
+
+
+def upper_rate(k: int, n: int, level: float) -> float:
+    """The exact one-sided (Clopper-Pearson) upper confidence bound at ``level`` of a binomial rate
+    from ``k`` successes in ``n`` trials: the q with P(X <= k | q) = 1 - level."""
+    from scipy.stats import beta  # imported here: the CLI starts without scipy.stats
+
+    if k >= n:
+        return 1.0
+    return float(beta.ppf(level, k + 1, n - k))
+
+
+@dataclass(frozen=True)
+class UpperBound(Budget):
+    level: float = 0.9
+    name: str = "ucb"
+
+    def charge(self, result: EvalResult, base: EvalResult) -> float:
+        lost = _lost(result, base)
+        gained = result.correct - base.correct + lost
+        if gained < 0:
+            raise CrossneuronError(f"inconsistent record: {lost} images lost but only {result.correct} right")
+        discordant = lost + gained
+        if discordant == 0:
+            return 0.0
+        return 100.0 * discordant * (2 * upper_rate(lost, discordant, self.level) - 1) / result.images
+
+
+NET = Net()
+RULES = {"net": "calibration drop, lost minus gained images", "flips": "images lost, none credited for gains",
+         "ucb": "upper confidence bound on the drop from the paired flips (ucb:LEVEL, default 0.9)"}  # fmt: skip
+
+
+def get_budget(spec: str) -> Budget:
+    """``net``, ``flips``, ``ucb`` or ``ucb:LEVEL`` (0 < LEVEL < 1)."""
+    name, _, arg = str(spec).strip().partition(":")
+    if name == "net" and not arg:
+        return NET
+    if name == "flips" and not arg:
+        return Flips()
+    if name == "ucb":
+        try:
+            level = float(arg) if arg else 0.9
+        except ValueError:
+            level = float("nan")
+        if not 0 < level < 1:
+            raise CrossneuronError(f"--budget ucb:LEVEL needs a confidence level between 0 and 1, got '{arg}'")
+        return UpperBound(name=f"ucb:{level:g}", level=level)
+    raise CrossneuronError(f"unknown --budget '{spec}': choose net, flips, ucb or ucb:LEVEL (e.g. ucb:0.9)")
+
+
+def budgets_help() -> str:
+    return "; ".join(f"{k}: {v}" for k, v in RULES.items())
