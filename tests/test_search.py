@@ -516,3 +516,25 @@ def test_a_search_under_a_budget_rule_picks_only_what_the_rule_accepts(ckpt, tmp
         net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
         held = measure(net, ctx.spec, x, y, result_masks(net, data))
         assert (held.accuracy, held.drop, check_hash) == (data.check_accuracy, data.check_drop, data.check_hash)
+
+
+def test_records_reused_from_another_run_equal_a_fresh_search(full_run, ckpt, tmp_path):
+    """A flips search that imports the net search's records writes the same records as one that does not,
+    evaluating fewer; a database of other calibration images is refused in one line."""
+    ctx, reference, _ = full_run
+    options = dict(OPTIONS, modes=["uniform-layer"], budget="flips")
+    fresh = optimize(ctx, SearchOptions(**options), tmp_path / "fresh")
+    again = optimize(ctx, SearchOptions(**options), tmp_path / "again", reuse=[reference])
+    a, b = _records(tmp_path / "fresh"), _records(tmp_path / "again")
+    assert {k: v for k, v in b.items() if not k.startswith("reused|")} == a
+    assert again["evaluations"] == fresh["evaluations"] == len(a)
+    db = sqlite3.connect(tmp_path / "again" / "records.sqlite")
+    (taken,) = db.execute("SELECT COUNT(*) FROM evals WHERE engine = 'reused' AND key NOT LIKE 'reused|%'").fetchone()
+    assert taken > 0  # found by their masks, not evaluated
+    for name in ("eps-0", "eps-1"):
+        assert (
+            json.loads((tmp_path / "again" / "uniform-layer" / name / "result.json").read_text())["masks"]
+            == json.loads((tmp_path / "fresh" / "uniform-layer" / name / "result.json").read_text())["masks"]
+        )
+    with pytest.raises(CrossneuronError, match="calib_hash"):
+        optimize(ctx, SearchOptions(**dict(options, calib=90)), tmp_path / "other", reuse=[reference])

@@ -248,6 +248,13 @@ def optimize(
     calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,
     check: Annotated[int, typer.Option(help="check images: held out of val, never searched on (SPEC 5)")] = 1000,
     budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "net",
+    reuse: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="another run folder on the same checkpoint and calibration "
+            "images: its records are taken, not evaluated again"
+        ),
+    ] = None,
     top_m: Annotated[int | None, typer.Option(help="keep at most M options per target")] = None,
     couple: Annotated[str, typer.Option(help="none, residual, or groups of site names a+b,c+d")] = "none",
     engine: Annotated[str, typer.Option(help="evaluation engine")] = "naive",
@@ -317,7 +324,7 @@ def optimize(
                 tasks[stage] = bar.add_task(stage, total=total, best=best)
             bar.update(tasks[stage], completed=done, total=total, best=best)
 
-        summary = opt.optimize(ctx, options, out, engine, progress, check)
+        summary = opt.optimize(ctx, options, out, engine, progress, check, reuse or [])
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

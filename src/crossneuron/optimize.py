@@ -99,10 +99,15 @@ def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test
     }
 
 
+REUSE_SAME = ("weights_hash", "val_hash", "calib_hash", "options.patch_size", "options.gt", "options.batch_size")
+
+
 def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None,
-             check: int = DEFAULT_CHECK) -> dict:  # fmt: skip
+             check: int = DEFAULT_CHECK, reuse: list[str | Path] = ()) -> dict:  # fmt: skip
     """Run the search and write its results; returns the summary (also in summary.json). ``check``: how many
-    check images (SPEC 5) every result is also measured on (fewer where the calibration leaves fewer)."""
+    check images (SPEC 5) every result is also measured on (fewer where the calibration leaves fewer).
+    ``reuse``: run folders (or their records.sqlite) on the same weights, calibration images, patch size,
+    GT and batch size, whose exact records this search takes instead of evaluating the same masks again."""
     options.check(len(ctx.split.val))
     if isinstance(check, bool) or not isinstance(check, int) or check < 0:
         raise CrossneuronError(f"--check must be a number of images >= 0, got {check!r}")
@@ -119,6 +124,9 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             "version": __version__,
         }
         store = Store(out / "records.sqlite", identity)
+        for other in reuse:
+            other = Path(other)
+            store.reuse(other / "records.sqlite" if other.is_dir() else other, REUSE_SAME)
         t0 = time.perf_counter()
         search = Search(net, engine, store, options, progress)
         base = search.base

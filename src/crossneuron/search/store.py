@@ -129,13 +129,54 @@ class Store:
                  for where, config, result in rows],
             )  # fmt: skip
 
+    def reuse(self, other: str | Path, same: tuple[str, ...]) -> int:
+        """Import the exact, complete records of another run's database (``other``) whose identity
+        agrees with this one on ``same`` (dotted keys, e.g. ``options.patch_size``): the same masks on
+        the same images give the same record, so a search under another budget rule or epsilon finds
+        them by their masks (``find``'s fallback) instead of evaluating again. They are stored under
+        ``reused|<their key>``, never under a key of this search. Returns how many were imported."""
+        other = Path(other)
+        try:
+            src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+            theirs = {k: json.loads(v) for k, v in src.execute("SELECT key, value FROM run")}
+            rows = src.execute(
+                "SELECT key, config, stage, mode, site, channel, block, pattern, candidate, correct, images, "
+                "macs_saved, mispredicted, seconds, engine, lost FROM evals "
+                "WHERE cut_short = 0 AND estimated = 0 AND lost IS NOT NULL"
+            ).fetchall()
+            src.close()
+        except sqlite3.DatabaseError as exc:
+            raise CrossneuronError(f"{other} is not a readable search database ({exc}): pass a run folder's "
+                                   "records.sqlite to reuse") from None  # fmt: skip
+        ours = {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM run")}
+        differ = [k for k in same if _dotted(ours, k) != _dotted(theirs, k)]
+        if differ:
+            raise CrossneuronError(f"{other} was searched on other images or masks (differs in: {', '.join(differ)})"
+                                   ": its records cannot be reused here")  # fmt: skip
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR IGNORE INTO evals (key, config, stage, mode, site, channel, block, pattern, candidate,"
+                " correct, images, macs_saved, mispredicted, seconds, engine, cut_short, estimated, lost)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,?)",
+                [("reused|" + r[0].removeprefix("reused|"), *r[1:]) for r in rows],
+            )
+        return len(rows)
+
     def keys(self, prefix: str) -> set[str]:
         """Keys of the records whose key starts with ``prefix``."""
         rows = self.db.execute("SELECT key FROM evals WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
         return {r[0] for r in rows}
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
+        """Records of this search (those imported by ``reuse`` are not its own)."""
+        return self.db.execute("SELECT COUNT(*) FROM evals WHERE substr(key, 1, 7) != 'reused|'").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
+
+
+def _dotted(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
