@@ -22,7 +22,7 @@ def run_dir(screened_run, tmp_path_factory):
 
 def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
     made = build_report(run_dir, tmp_path / "rep")
-    for name in ("savings_vs_eps", "modes_bars", "per_site", "masks_by_site", "masks_of_site",
+    for name in ("savings_vs_drop", "savings_vs_eps", "modes_bars", "per_site", "masks_by_site", "masks_of_site",
                  *(f"trajectory_{m}" for m in MODES)):  # fmt: skip
         assert name in made["figures"]
         for ext in ("png", "svg"):
@@ -31,10 +31,13 @@ def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     layer3 = summary["modes"]["uniform-layer"]["eps"]["5"]
     row = next(line for line in table.splitlines() if line.startswith("| uniform-layer"))
-    assert f"{layer3['macs_saved_pct_network']:.2f} ({layer3['macs_saved_pct_sites']:.2f})" in row
+    cell = f"{layer3['macs_saved_pct_network']:.2f} ({layer3['macs_saved_pct_sites']:.2f}) / {layer3['test_drop']:.2f}"
+    assert cell in row  # every saving beside its test drop
     assert row.count(" - ") == 2  # eps 0.5 and 3 were not asked for
     b = summary["baseline"]["test"]
-    assert f"{b['macs_saved_pct_network']:.2f}" in row and f"/ {b['drop']:.2f}" in row
+    assert f"{b['macs_saved_pct_network']:.2f} ({b['macs_saved_pct_sites']:.2f}) / {b['drop']:.2f}" in row
+    drops = next(line for line in table.splitlines() if line.startswith("| uniform-layer | 5 |"))
+    assert drops.split(" | ")[2:5] == [f"{layer3[k]:.2f}" for k in ("calib_drop", "check_drop", "test_drop")]
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(made["figures"])
     assert "src='http" not in page and 'src="http' not in page  # self-contained: nothing fetched

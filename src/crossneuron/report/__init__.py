@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 from ..fsutil import atomic_write, output_folder
 from . import figures
 from .load import Run, load_run
-from .tables import headline_rows, markdown
+from .tables import drops_rows, headline_rows, markdown
 
 __all__ = ["build_report", "load_run"]
 
@@ -33,7 +33,8 @@ def _save(fig, folder: Path, name: str) -> dict:
 
 
 def _figures(run: Run, folder: Path) -> list[tuple[str, dict]]:
-    out = [("MACs saved against epsilon", _save(figures.savings_vs_eps(run), folder, "savings_vs_eps")),
+    out = [("MACs saved against accuracy drop", _save(figures.savings_vs_drop(run), folder, "savings_vs_drop")),
+           ("MACs saved against epsilon", _save(figures.savings_vs_eps(run), folder, "savings_vs_eps")),
            ("Modes at each epsilon", _save(figures.modes_bars(run), folder, "modes_bars"))]  # fmt: skip
     mode, eps, best = run.headline()
     masks = run.path / mode / f"eps-{eps:g}" / "masks.safetensors"
@@ -94,6 +95,8 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
         ["val split hash", r.val_hash],
         ["calibration images hash", r.calib_hash or "-"],
         ["calibration images", s["calib_images"]],
+        ["check images (held out of val)", s.get("check_images", "-")],
+        ["budget rule", s.get("budget", "net")],
         ["test images", r.test_images],
         ["no-prediction accuracy, calibration", f"{s['base_calib_accuracy']:.2f}%"],
         ["no-prediction accuracy, test", f"{r.test_base_accuracy:.2f}%"],
@@ -113,7 +116,10 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
         "<p>Zero prediction from neighbouring activations: MACs saved (% of network MACs; in brackets % of site "
         "MACs) on the held-out test split, masks chosen on calibration images from the val split.</p>",
         "<h2>Headline</h2>",
+        "<p>Each cell: MACs saved, % of network (% of sites) / test accuracy drop in points.</p>",
         _table(header, rows),
+        "<h2>Calibration, check and test drop</h2>",
+        _table(*drops_rows(run)),
         f"<p>Oracle (every true zero skipped): {r.oracle_pct_network:.2f}% of network "
         f"({r.oracle_pct_sites:.2f}% of sites).</p>",
     ]

@@ -28,6 +28,43 @@ def _style(mode: str):
     return MODE_STYLE.get(mode, ("tab:gray", "x"))
 
 
+def savings_vs_drop(run: Run):
+    """The main figure: test-split MACs saved (% of network) against the accuracy drop on the test split
+    (left) and on the check images (right), one curve per mode through its epsilons, the 2018 diagonal
+    at its own drop, the oracle as a line."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    oracle = run.any_result().oracle_pct_network
+    for ax, key, where in ((axes[0], "test_drop", "test split"), (axes[1], "check_drop", "check images")):
+        for mode, by_eps in run.results.items():
+            color, marker = _style(mode)
+            points = [(getattr(by_eps[e], key), by_eps[e].macs_saved_pct_network, e) for e in sorted(by_eps)
+                      if getattr(by_eps[e], key) is not None]  # fmt: skip
+            if not points:
+                continue
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=color, marker=marker, label=mode)
+            labels: dict[tuple[float, float], list[str]] = {}  # one label per point, its epsilons joined
+            for x, y, e in points:
+                labels.setdefault((x, y), []).append(f"{e:g}")
+            for (x, y), eps in labels.items():
+                ax.annotate("eps " + ", ".join(eps), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=color)  # fmt: skip
+        ax.axhline(oracle, color="gray", linestyle="--", label=f"oracle (all true zeros): {oracle:.1f}%")
+        b = run.baseline
+        drop = None if not b else b["test"]["drop"] if key == "test_drop" else (b.get("check") or {}).get("drop")
+        if drop is not None:
+            ax.plot([drop], [b["test"]["macs_saved_pct_network"]], **BASELINE, label="2018 diagonal baseline")
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.set_xlabel(f"accuracy drop on the {where} (points)")
+        ax.set_title(f"against the drop on the {where}", fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("MACs saved on the test split (% of network)")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("MACs saved against the accuracy they cost on images the search never saw")
+    fig.tight_layout()
+    return fig
+
+
 def savings_vs_eps(run: Run):
     """Test-split MACs saved against epsilon, % of network and % of sites, baseline and oracle."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -9,38 +9,65 @@ TABLE_EPS = (0.0, 0.5, 1.0, 3.0, 5.0)
 
 
 def _cell(result: Result | dict | None) -> str:
-    """% of network (% of sites) of a Result or of a measurement dict."""
+    """% of network (% of sites) / test drop of a Result or of a test measurement dict: never a saving
+    without its drop."""
     if result is None:
         return "-"
-    get = result.get if isinstance(result, dict) else lambda k: getattr(result, k)
-    return f"{get('macs_saved_pct_network'):.2f} ({get('macs_saved_pct_sites'):.2f})"
+    if isinstance(result, dict):
+        net, sites, drop = result["macs_saved_pct_network"], result["macs_saved_pct_sites"], result["drop"]
+    else:
+        net, sites, drop = result.macs_saved_pct_network, result.macs_saved_pct_sites, result.test_drop
+    return f"{net:.2f} ({sites:.2f}) / {drop:.2f}"
+
+
+def _drop(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def headline_rows(run: Run) -> tuple[list[str], list[list[str]]]:
-    header = ["mode"] + [f"eps {e:g}" for e in TABLE_EPS] + ["diagonal baseline: saving / drop",
-                                                             "ours at the baseline's accuracy"]  # fmt: skip
+    header = ["mode"] + [f"eps {e:g}" for e in TABLE_EPS] + ["diagonal baseline", "ours at the baseline's budget"]
     b = run.baseline["test"] if run.baseline else None
-    base_cell = f"{_cell(b)} / {b['drop']:.2f}" if b else "-"
     rows = []
     for mode, by_eps in run.results.items():
-        at = run.at_baseline.get(mode)
-        ours = f"{_cell(at)} / {at.test_drop:.2f}" if at else "-"
-        rows.append([mode] + [_cell(by_eps.get(e)) for e in TABLE_EPS] + [base_cell, ours])
+        rows.append([mode] + [_cell(by_eps.get(e)) for e in TABLE_EPS] + [_cell(b), _cell(run.at_baseline.get(mode))])
     return header, rows
 
 
+def drops_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    """Per mode and epsilon: the accuracy drop on the calibration images (searched on), the check images
+    (held out of val, never searched on) and the test split, beside the test-split saving."""
+    header = ["mode", "eps", "calibration drop", "check drop", "test drop", "% network MACs saved (test)"]
+    rows = []
+    for mode, by_eps in run.results.items():
+        for e, r in sorted(by_eps.items()):
+            rows.append([mode, f"{e:g}", _drop(r.calib_drop), _drop(r.check_drop), _drop(r.test_drop),
+                         f"{r.macs_saved_pct_network:.2f}"])  # fmt: skip
+    if run.baseline:
+        b, check = run.baseline, run.baseline.get("check")
+        rows.append(["diagonal baseline", "-", _drop(b["calib"]["drop"]), _drop(check and check["drop"]),
+                     _drop(b["test"]["drop"]), f"{b['test']['macs_saved_pct_network']:.2f}"])  # fmt: skip
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown(run: Run) -> str:
-    header, rows = headline_rows(run)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = _markdown_table(*headline_rows(run))
     r = run.any_result()
+    budget = r.options.get("budget", "net")
     lines += [
         "",
         "MACs saved on the test split in % of network MACs (in brackets: % of site MACs, the 2019 denominator); "
-        "'/ x' is the test accuracy drop in points. eps is the budget on the calibration images; '-' where the run "
-        f"did not ask for it. Oracle: {r.oracle_pct_network:.2f} ({r.oracle_pct_sites:.2f}). "
+        f"'/ x' is the test accuracy drop in points. eps is the budget (rule '{budget}') on the calibration images; "
+        f"'-' where the run did not ask for it. Oracle: {r.oracle_pct_network:.2f} ({r.oracle_pct_sites:.2f}). "
         f"Test images: {r.test_images}, no-prediction test accuracy {r.test_base_accuracy:.2f}%.",
+        "",
     ]
+    lines += _markdown_table(*drops_rows(run))
+    lines += ["", "Drops in points: calibration images (the search sees them), check images (held out of val, "
+              "never seen by the search) and the test split."]  # fmt: skip
     if run.retrain:
         lines += ["", "| retrained | epochs | test accuracy before -> after | MACs saved before -> after |",
                   "|---|---|---|---|"]  # fmt: skip
