@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossneuron.errors import CrossneuronError
-from crossneuron.search.budget import NET, Flips, get_budget, upper_rate
+from crossneuron.search.budget import NET, Flips, get_budget, lower_rate, upper_rate
 from crossneuron.search.plan import Piece
 from crossneuron.search.quantize import Option, Step, forward_quantize, pick, rank
 from crossneuron.search.records import EvalResult
@@ -32,27 +32,40 @@ def upper_by_bisection(k, n, level):
     return (lo + hi) / 2
 
 
+def lower_by_bisection(k, n, level):
+    """The q where P(X >= k | n, q) = 1 - level."""
+    lo, hi = 0.0, k / n
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 1 - binomial_cdf(k - 1, n, mid) < 1 - level else (lo, mid)
+    return (lo + hi) / 2
+
+
 def test_each_rule_charges_what_its_definition_says():
     r = rec(lost=5, gained=2)  # 897 right: net drop 0.3 points
     assert NET.charge(r, BASE) == pytest.approx(0.3)
     assert Flips().charge(r, BASE) == pytest.approx(0.5)
-    q = upper_by_bisection(5, 7, 0.9)
-    assert get_budget("ucb").charge(r, BASE) == pytest.approx(100 * 7 * (2 * q - 1) / 1000, abs=1e-9)
+    upper, lower = upper_by_bisection(5, 1000, 0.95), lower_by_bisection(2, 1000, 0.95)
+    assert get_budget("ucb").charge(r, BASE) == pytest.approx(100 * (upper - lower), abs=1e-9)
+    assert get_budget("ucb").charge(rec(10, 0), BASE) > 1.0  # unlike net and flips, more than 10 of 1000
     assert get_budget("ucb:0.5").charge(r, BASE) < get_budget("ucb:0.9").charge(r, BASE)
     assert NET.within(r, BASE, 0.3) and not Flips().within(r, BASE, 0.3) and Flips().within(r, BASE, 0.5)
     # gains are credited by net (and by ucb when they outweigh the losses), never by flips
     up = rec(lost=1, gained=9)
     assert NET.charge(up, BASE) == pytest.approx(-0.8) and Flips().charge(up, BASE) == pytest.approx(0.1)
-    assert get_budget("ucb").charge(up, BASE) < 0
+    assert get_budget("ucb").charge(up, BASE) > 0 > get_budget("ucb").charge(rec(lost=1, gained=20), BASE)
     assert get_budget("ucb").charge(rec(0, 0), BASE) == 0.0  # nothing moved: nothing charged
 
 
 @pytest.mark.parametrize("k,n", [(0, 1), (0, 10), (3, 10), (9, 10), (10, 10), (40, 100)])
-def test_upper_rate_is_the_clopper_pearson_bound(k, n):
+def test_rate_bounds_are_the_clopper_pearson_bounds(k, n):
     expected = 1.0 if k == n else upper_by_bisection(k, n, 0.9)
     assert upper_rate(k, n, 0.9) == pytest.approx(expected, abs=1e-9)
     if k < n:  # its defining property
         assert binomial_cdf(k, n, upper_rate(k, n, 0.9)) == pytest.approx(0.1, abs=1e-9)
+    assert lower_rate(k, n, 0.9) == pytest.approx(0.0 if k == 0 else lower_by_bisection(k, n, 0.9), abs=1e-9)
+    if k > 0:
+        assert 1 - binomial_cdf(k - 1, n, lower_rate(k, n, 0.9)) == pytest.approx(0.1, abs=1e-9)
 
 
 @settings(max_examples=200, deadline=None)

@@ -273,6 +273,15 @@ def optimize(
             "(a pass each; the best step within each eps wins)"
         ),
     ] = "mispredictions,index",
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            help="after the quantizers: layer (SPEC 6's layer quantizer), milp (one option per site "
+            "chosen by HiGHS on per-image margin estimates, verified exactly), or layer,milp"
+        ),
+    ] = "layer",
+    milp_rounds: Annotated[int, typer.Option(help="milp: exact verifications (re-solves) per eps at most")] = 6,
+    milp_seconds: Annotated[float, typer.Option(help="milp: the solver's time limit per solve")] = 60.0,
     combine: Annotated[
         str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
     ] = "slope",

@@ -88,8 +88,12 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
             below_site = n > sites
             exact = count[stage] * band_share if screener is not None and below_site else count[stage]
             seconds[stage] = exact * one_site
-        count["layer"] = sites * per_unit + 1
-        seconds["layer"] = count["layer"] * every_site
+        if "layer" in options.optimizers:
+            count["layer"] = sites * per_unit + 1
+            seconds["layer"] = count["layer"] * every_site
+        if "milp" in options.optimizers:  # at most: every round of every epsilon (solver time not counted)
+            count["milp"] = len(options.eps) * options.milp_rounds + ("layer" not in options.optimizers)
+            seconds["milp"] = count["milp"] * every_site
         if options.refine:  # a pass (and a seeded pass) per move order
             orders = len(options.refine_orders)
             count["refine"] = orders * (len(options.eps) * units + sites * per_unit // 2)

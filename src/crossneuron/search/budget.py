@@ -10,12 +10,16 @@ the search's rule.
 - ``net``: the calibration drop, 100 (lost - gained) / N (0.4.0 and before).
 - ``flips``: 100 lost / N. Images turned right are not credited, so a configuration cannot pay for
   a lost image with one that a lucky perturbation happened to fix.
-- ``ucb[:LEVEL]`` (level in (0, 1), default 0.9): a one-sided upper confidence bound on the drop
-  a new image would see. Given D = lost + gained discordant images, lost is binomial(D, q) and the
-  drop is (D / N)(2q - 1); the exact (Clopper-Pearson) upper bound q_u of q at LEVEL gives the
-  charge 100 (D / N)(2 q_u - 1). At D = 0 it charges 0.
+- ``ucb[:LEVEL]`` (level in (0, 1), default 0.9): a one-sided upper confidence bound on the drop a
+  new image would see, p_lost - p_gained, from the paired flips: the exact (Clopper-Pearson) upper
+  bound of p_lost from ``lost`` of N minus the exact lower bound of p_gained from ``gained`` of N,
+  each at 1 - (1 - LEVEL) / 2 (Bonferroni: both hold together with probability at least LEVEL).
+  A configuration that changes no image's outcome (lost = gained = 0) is charged 0. (A bound on
+  p_lost / (p_lost + p_gained) given the discordant count, with D / N plugged in, charges nothing
+  more than ``net`` when nothing is gained: it ignores how uncertain p_lost itself is.)
 
-Each rule charges at least the net drop (lost >= lost - gained; q_u >= lost / D), so the engines'
+Each rule charges at least the net drop (lost >= lost - gained; the bounds lie on either side of
+lost / N and gained / N), so the engines'
 cut-off, which stops a candidate once its *net* drop must exceed epsilon (``evaluator.min_correct``),
 never stops one a rule would accept. A record cut short is never within (its counts are bounds).
 """
@@ -85,6 +89,15 @@ def upper_rate(k: int, n: int, level: float) -> float:
     return float(beta.ppf(level, k + 1, n - k))
 
 
+def lower_rate(k: int, n: int, level: float) -> float:
+    """The exact one-sided lower confidence bound: the q with P(X >= k | q) = 1 - level (0 when k = 0)."""
+    from scipy.stats import beta
+
+    if k <= 0:
+        return 0.0
+    return float(beta.ppf(1 - level, k, n - k + 1))
+
+
 @dataclass(frozen=True)
 class UpperBound(Budget):
     level: float = 0.9
@@ -95,10 +108,11 @@ class UpperBound(Budget):
         gained = result.correct - base.correct + lost
         if gained < 0:
             raise CrossneuronError(f"inconsistent record: {lost} images lost but only {result.correct} right")
-        discordant = lost + gained
-        if discordant == 0:
+        if lost == gained == 0:
             return 0.0
-        return 100.0 * discordant * (2 * upper_rate(lost, discordant, self.level) - 1) / result.images
+        each = 1 - (1 - self.level) / 2
+        n = result.images
+        return 100.0 * (upper_rate(lost, n, each) - lower_rate(gained, n, each))
 
 
 NET = Net()

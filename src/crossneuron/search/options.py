@@ -11,6 +11,7 @@ from .budget import get_budget
 from .modes import parse_modes
 from .quantize import COMBINERS, MOVE_ORDERS
 
+OPTIMIZERS = ("layer", "milp")  # --optimizer: what chooses one option per site after the quantizers
 BASELINES = ("diagonal",)  # reference masks a search can evaluate (and refine can start from)
 
 
@@ -37,6 +38,9 @@ class SearchOptions:
     # site; None: none); with refine, a second pass starts from it at its own calibration drop
     baseline: str | None = "diagonal"
     budget: str = "net"  # what "within epsilon" means (budget.get_budget): net, flips, ucb[:LEVEL]
+    optimizer: str = "layer"  # after the quantizers: layer (SPEC 6's layer quantizer), milp, or both "layer,milp"
+    milp_rounds: int = 6  # milp: exact verifications (and re-solves) per epsilon at most
+    milp_seconds: float = 60.0  # milp: the solver's time limit per solve
 
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
@@ -63,8 +67,19 @@ class SearchOptions:
         if self.batch_size < 1:
             raise CrossneuronError(f"batch size must be at least 1, got {self.batch_size}")
         self.budget = get_budget(self.budget).name  # canonical: ucb -> ucb:0.9
+        chosen = self.optimizers
+        if not chosen or any(o not in OPTIMIZERS for o in chosen) or len(set(chosen)) < len(chosen):
+            raise CrossneuronError(f"unknown --optimizer '{self.optimizer}': choose {', '.join(OPTIMIZERS)} or both "
+                                   "comma separated")  # fmt: skip
+        if self.milp_rounds < 1 or not (math.isfinite(self.milp_seconds) and self.milp_seconds > 0):
+            raise CrossneuronError(f"--milp-rounds must be >= 1 and --milp-seconds > 0, got {self.milp_rounds} and "
+                                   f"{self.milp_seconds}")  # fmt: skip
         if self.baseline is not None and self.baseline not in BASELINES:
             raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
+
+    @property
+    def optimizers(self) -> list[str]:
+        return [o.strip() for o in self.optimizer.split(",")]
 
     @property
     def refine_orders(self) -> list[str]:

@@ -25,7 +25,7 @@ from .plan import Piece, SitePlan
 from .progress import Progress
 from .quantize import Option, Step, pick
 from .records import EvalResult
-from .stages import Stages, layer_stage, refine_stage, site_options, with_seed
+from .stages import Stages, layer_stage, milp_stage, refine_stage, site_options, with_seed
 from .store import Store, Where
 
 __all__ = ["MODES", "ModeResult", "Search", "SearchOptions", "baseline_plans", "coupled_units"]
@@ -89,11 +89,13 @@ class Search:
         units = coupled_units(net, options.couple)  # a bad --couple fails before any work
         self.net, self.options, self.units = net, options, units
         self.space = Space.of(net, options.patch_size, options.ones, options.gt)
-        screener = None
-        if options.screen and any(get_mode(m).below_site for m in options.modes):
+        screener = model = None
+        screened = options.screen and any(get_mode(m).below_site for m in options.modes)
+        if screened or "milp" in options.optimizers:  # one gradient pass serves both
             from .screen import Screen
 
-            screener = Screen(net, engine.batches, list(self.space.codes), self.space.sides)
+            model = Screen(net, engine.batches, list(self.space.codes), self.space.sides)
+            screener = model if screened else None
         eps = max(options.eps)
         self.budget = get_budget(options.budget)
         self.evaluator = Evaluator(engine, store, self.space, eps, screener, options.screen_band, self.budget)
@@ -104,7 +106,8 @@ class Search:
             self.baseline_plans = baseline_plans(net, options.patch_size)
             self.baseline = self.evaluator.evaluate(Where("baseline", "-"), self.baseline_plans)
         self.stages = Stages(self.space, self.evaluator, options,
-                             Progress(progress, self.base, eps, net.network_macs, self.budget))  # fmt: skip
+                             Progress(progress, self.base, eps, net.network_macs, self.budget),
+                             model=model if "milp" in options.optimizers else None)  # fmt: skip
 
     @property
     def baseline_drop(self) -> float | None:
@@ -121,7 +124,10 @@ class Search:
         st = self.stages
         options = site_options(st, get_mode(mode))
         plans_by_step: list[dict[int, SitePlan]] = []
-        trajectory = layer_stage(st, mode, self.units, options, plans_by_step)
+        trajectory = layer_stage(st, mode, self.units, options, plans_by_step) if "layer" in self.options.optimizers \
+            else []  # fmt: skip
+        if "milp" in self.options.optimizers:
+            trajectory += milp_stage(st, mode, options, plans_by_step, len(trajectory))
         for order in self.options.refine_orders if self.options.refine else ():
             trajectory += refine_stage(st, mode, self.units, options, plans_by_step, len(trajectory),
                                        self.options.eps, order=order)  # fmt: skip

@@ -133,6 +133,13 @@ class Screen:
         return (table.delta[i][:, chans, blocks].sum((1, 2)), int(table.macs[i][chans, blocks].sum()),
                 int(table.mispredicted[i][chans, blocks].sum()))  # fmt: skip
 
+    def delta(self, site: int, plan: SitePlan) -> torch.Tensor:
+        """A single-site plan's first-order margin change per image (its pieces' changes add up)."""
+        delta = torch.zeros_like(self.margin)
+        for piece in plan:
+            delta = delta + self._piece(self.tables[site], piece)[0]
+        return delta
+
     def estimate(self, site: int, plan: SitePlan) -> EvalResult:
         """A single-site plan: exact MACs saved and mispredictions, estimated correct count."""
         table = self.tables[site]

@@ -1,7 +1,7 @@
 """The stages of one mode's search, as functions over a ``Stages`` context (SPEC 6):
 
-first level -> the mode's quantizer chain (``modes.Mode.chain``) -> layer quantizer -> refine ->
-refine's seeded pass. Every evaluation goes through the ``Evaluator`` (memoised in the store);
+first level -> the mode's quantizer chain (``modes.Mode.chain``) -> layer quantizer and/or the milp
+optimiser -> refine -> refine's seeded pass. Every evaluation goes through the ``Evaluator`` (memoised in the store);
 the decisions are the pure functions of ``quantize.py``.
 """
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .evaluator import Evaluator, Space
+from .evaluator import Evaluator, Space, config_hash
+from .milp import Problem, allowed_lost, solve, tighten
 from .modes import QUANTIZERS, Key, Mode
 from .options import SearchOptions
 from .plan import Piece, SitePlan
@@ -28,6 +29,7 @@ class Stages:
     options: SearchOptions
     progress: Progress
     screen_checks: dict[str, dict] = field(default_factory=dict)
+    model: object | None = None  # a Screen for the milp optimiser's per-image margins (None: not asked)
 
     @property
     def base(self) -> EvalResult:
@@ -190,3 +192,53 @@ def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],
             opts = [*opts[:index], option, *opts[index:]]
         out[site], seed[site] = opts, index
     return out, seed
+
+
+def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by_step: list,
+               start: int) -> list[Step]:  # fmt: skip
+    """The milp optimiser (``milp.py``) for each epsilon, smallest first: solve, evaluate the choice
+    exactly, and while it breaks the budget tighten and solve again (at most ``milp_rounds`` times).
+    Records are keyed by their masks (``candidate`` = a prefix of the plans' hash), so a resumed run
+    finds them whatever the solver's timing. Steps numbered from ``start``; with nothing before
+    them, the first step is no prediction (always within)."""
+    sites = st.space.sites
+    screen = st.model
+    n = len(screen.margin)
+    problem = Problem(
+        macs=[np.array([o.result.macs_saved for o in options[s]], dtype=np.int64) for s in sites],
+        deltas=[np.stack([screen.delta(s, o.plan).cpu().numpy() for o in options[s]]) if options[s]
+                else np.zeros((0, n), dtype=np.float32) for s in sites],
+        margin=screen.margin.cpu().numpy(), base_hit=screen.base_hit.cpu().numpy(),
+    )  # fmt: skip
+    right = problem.margin[problem.base_hit]
+    scale = float(np.median(right)) if len(right) else 1.0
+    steps: list[Step] = []
+
+    def evaluate(choice: list[int | None], eps: float) -> EvalResult:
+        plans = {s: options[s][k].plan for s, k in zip(sites, choice, strict=True) if k is not None}
+        step = start + len(steps)
+        plans_by_step.append(plans)
+        where = Where("milp", mode, candidate=int(config_hash(plans)[:12], 16))
+        result = st.ev.evaluate(where, plans, may_cut=True, cut_eps=eps)
+        positions = tuple(len(options[s]) if k is None else k for s, k in zip(sites, choice, strict=True))
+        steps.append(Step(step, None, positions, result, "milp"))
+        st.progress(f"{mode}: milp", len(steps), len(st.options.eps) * st.options.milp_rounds, result)
+        return result
+
+    if start == 0:
+        evaluate([None] * len(sites), max(st.options.eps))
+    for eps in sorted(st.options.eps):
+        allowed = allowed_lost(lambda r, eps=eps: st.ev.budget.within(r, st.base, eps), st.base)
+        tau = 0.0
+        for _ in range(st.options.milp_rounds):
+            choice = solve(problem, allowed, tau, st.options.milp_seconds)
+            if choice is None:
+                break
+            result = evaluate(choice, eps)
+            if st.ev.budget.within(result, st.base, eps):
+                break
+            following = tighten(allowed, tau, result, scale)
+            if following is None:
+                break
+            allowed, tau = following
+    return steps

@@ -1,0 +1,127 @@
+"""The global optimiser (``--optimizer milp``; not SPEC 6): one option per site, chosen at once by a
+mixed-integer program solved with HiGHS (``scipy.optimize.milp``).
+
+Model. Site s takes at most one of its options k (none otherwise): binary x[s, k]. MACs saved add
+up over sites (each option's isolated record). An image's outcome is estimated to first order, as
+the screen does: its base margin (true-class logit minus the runner-up's) moves by the sum of the
+chosen options' per-image margin changes ``delta[s][k, i]``; the image stays right while the margin
+stays at least ``tau`` (a safety margin, 0 at first). A binary z[i] per base-right image that some
+choice could push below ``tau`` lets it be lost; at most ``allowed`` may be. Images turned right
+are not credited (the ``flips`` view; ``net`` and ``ucb`` accept whatever ``flips`` accepts at the
+same count of lost images, see ``allowed_lost``)::
+
+    maximise   sum macs[s][k] x[s, k]
+    subject to sum_k x[s, k] <= 1                                   for every site s
+               margin[i] + sum delta[s][k, i] x[s, k] + M[i] z[i] >= tau   for every image i at risk
+               sum z[i] <= allowed
+
+with M[i] the most the margin can fall below ``tau``. ``solve`` is the pure solver; the stage
+(``stages.milp_stage``) evaluates each solution exactly and, where it breaks the budget, tightens
+(fewer lost images allowed, then a larger ``tau``) and solves again; every exact evaluation joins
+the trajectory, so ``pick`` chooses among them like among refine's steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .records import EvalResult
+
+
+@dataclass
+class Problem:
+    macs: list[np.ndarray]  # per site: (options,) MACs saved by each option (isolated record)
+    deltas: list[np.ndarray]  # per site: (options, N) first-order margin change per image
+    margin: np.ndarray  # (N,) base margins
+    base_hit: np.ndarray  # (N,) bool: right with no prediction
+
+    def lost(self, choice: Sequence[int | None], tau: float = 0.0) -> int:
+        """Base-right images at or above ``tau`` that this choice pushes below it in the model (the count
+        ``solve`` bounds)."""
+        m = self.margin.astype(np.float64).copy()
+        for d, k in zip(self.deltas, choice, strict=True):
+            if k is not None:
+                m += d[k]
+        return int((self.base_hit & (self.margin >= tau) & (m < tau)).sum())
+
+    def saved(self, choice: Sequence[int | None]) -> int:
+        return int(sum(mac[k] for mac, k in zip(self.macs, choice, strict=True) if k is not None))
+
+
+def solve(problem: Problem, allowed: int, tau: float = 0.0, time_limit: float = 30.0) -> list[int | None] | None:
+    """The choice (per site an option index or None) that saves the most MACs with at most ``allowed``
+    base-right images below ``tau`` in the model; None when the solver finds no feasible point."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
+    sizes = [len(m) for m in problem.macs]
+    offsets = np.cumsum([0, *sizes])
+    nx = int(offsets[-1])
+    if nx == 0:
+        return [None] * len(sizes)
+    delta = np.concatenate([d.astype(np.float64) for d in problem.deltas if len(d)], 0)  # (nx, N)
+    margin = problem.margin.astype(np.float64)
+    # the lowest margin any choice can reach: every site at its most harmful option (or none)
+    worst = margin + sum(np.minimum(0.0, d.min(0)) for d in problem.deltas if len(d))
+    # at risk: base-right images some choice can push below tau (those already below it cannot be helped)
+    risk = np.flatnonzero(problem.base_hit & (worst < tau) & (margin >= tau))
+    big = tau - worst[risk]
+    nz = len(risk)
+    rows, cols, vals = [], [], []
+    lb, ub = [], []
+    for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):  # one option per site
+        rows += [s] * (b - a)
+        cols += list(range(a, b))
+        vals += [1.0] * (b - a)
+        lb.append(-np.inf)
+        ub.append(1.0)
+    r0 = len(sizes)
+    sub = delta[:, risk].T  # (nz, nx)
+    ri, ci = np.nonzero(sub)
+    rows += list(r0 + ri)
+    cols += list(ci)
+    vals += list(sub[ri, ci])
+    rows += list(r0 + np.arange(nz))
+    cols += list(nx + np.arange(nz))
+    vals += list(big)
+    lb += list(tau - margin[risk])
+    ub += [np.inf] * nz
+    rows += [r0 + nz] * nz  # the budget row
+    cols += list(nx + np.arange(nz))
+    vals += [1.0] * nz
+    lb.append(-np.inf)
+    ub.append(float(allowed))
+    a = coo_array((vals, (rows, cols)), shape=(r0 + nz + 1, nx + nz)).tocsr()
+    c = -np.concatenate([np.concatenate([m.astype(np.float64) for m in problem.macs]), np.zeros(nz)])
+    scale = max(1.0, float(np.abs(c).max()))
+    res = milp(c / scale, integrality=np.ones(nx + nz), bounds=Bounds(0, 1),
+               constraints=LinearConstraint(a, lb, ub), options={"time_limit": time_limit})  # fmt: skip
+    if res.x is None:
+        return None
+    x = np.round(res.x[:nx]).astype(int)
+    return [next((k for k in range(b - a) if x[a + k]), None) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def allowed_lost(accepts: Callable[[EvalResult], bool], base: EvalResult) -> int:
+    """The most images a configuration may lose (none gained) and still be accepted by the rule."""
+    best = 0
+    for lost in range(base.correct + 1):
+        if not accepts(EvalResult(base.correct - lost, base.images, 0, 0, lost=lost)):
+            break
+        best = lost
+    return best
+
+
+def tighten(allowed: int, tau: float, result: EvalResult, scale: float) -> tuple[int, float] | None:
+    """The next round's (allowed, tau) after an exact evaluation broke the budget: fewer lost images
+    allowed by the excess measured, and once none are allowed a larger safety margin (``scale``: the
+    margins' typical size); None when there is nothing left to tighten."""
+    excess = max(1, (result.lost or 0) - allowed)
+    if allowed > 0:
+        return max(0, allowed - excess), tau
+    if tau > 16 * scale:
+        return None
+    return 0, (2 * tau if tau > 0 else scale / 8)

@@ -1,0 +1,93 @@
+"""The milp optimiser: the solver against brute force on small instances, the lost-image allowance
+against each rule, and a search whose milp steps are exact records within the budget."""
+
+import itertools
+import sqlite3
+
+import numpy as np
+import pytest
+
+import crossneuron as cn
+from crossneuron.context import open_checkpoint
+from crossneuron.optimize import calibration, optimize
+from crossneuron.result import load_result, result_masks
+from crossneuron.search.budget import get_budget
+from crossneuron.search.engine import NaiveEngine
+from crossneuron.search.milp import Problem, allowed_lost, solve
+from crossneuron.search.options import SearchOptions
+from crossneuron.search.records import EvalResult
+from crossneuron.splits import normalise
+
+from conftest import OPTIONS
+
+
+def _problem(seed, sites=3, images=40):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, sites)  # a site may have no option at all
+    margin = rng.normal(1.0, 1.0, images)
+    return Problem(
+        macs=[rng.integers(1, 100, k) for k in counts],
+        deltas=[rng.normal(-0.3, 0.5, (k, images)) * (rng.random((k, images)) < 0.5) for k in counts],
+        margin=margin,
+        base_hit=margin > 0,
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("allowed,tau", [(0, 0.0), (2, 0.0), (5, 0.0), (1, 0.5)])
+def test_solver_finds_the_brute_force_optimum(seed, allowed, tau):
+    problem = _problem(seed)
+    choices = itertools.product(*[[None, *range(len(m))] for m in problem.macs])
+    best = max(problem.saved(c) for c in choices if problem.lost(c, tau) <= allowed)
+    choice = solve(problem, allowed, tau)
+    assert problem.lost(choice, tau) <= allowed
+    assert problem.saved(choice) == best
+
+
+def test_allowed_lost_is_the_largest_count_each_rule_accepts():
+    base = EvalResult(900, 1000, 0, 0, lost=0)
+    for spec, eps, expected in (("net", 1.0, 10), ("flips", 0.5, 5), ("net", 0.0, 0)):
+        rule = get_budget(spec)
+        assert allowed_lost(lambda r, rule=rule, eps=eps: rule.within(r, base, eps), base) == expected
+    ucb = get_budget("ucb")
+    n = allowed_lost(lambda r: ucb.within(r, base, 1.0), base)
+    assert 0 < n < 10  # the bound charges more than the count (4: the 95% bound of 5 / 1000 is above 1%)
+    assert ucb.within(EvalResult(900 - n, 1000, 0, 0, lost=n), base, 1.0)
+    assert not ucb.within(EvalResult(899 - n, 1000, 0, 0, lost=n + 1), base, 1.0)
+
+
+def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path):
+    ctx = open_checkpoint(ckpt)
+    options = SearchOptions(modes=["uniform-layer"], optimizer="milp", budget="flips", **OPTIONS)
+    optimize(ctx, options, tmp_path / "run", check=0)
+    db = sqlite3.connect(tmp_path / "run" / "records.sqlite")
+    rows = db.execute("SELECT correct, macs_saved, mispredicted, lost, estimated, cut_short FROM evals "
+                      "WHERE stage = 'milp'").fetchall()  # fmt: skip
+    assert rows and not any(r[4] for r in rows)
+    from crossneuron.estimate import dry_run
+
+    assert dry_run(ctx, options, timed=1)["modes"]["uniform-layer"]["evaluations"]["milp"] >= len(rows)
+    x, y, _ = calibration(ctx, OPTIONS["calib"], 0)
+    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), normalise(x, ctx.spec), y, 50)
+    rule = get_budget("flips")
+    saved = []
+    for eps in OPTIONS["eps"]:
+        data = load_result(tmp_path / "run" / "uniform-layer" / f"eps-{eps:g}" / "result.json")
+        step = data.trajectory[data.chosen_step]
+        assert step["stage"] == "milp"
+        masks = {k: m for k, m in result_masks(naive.net, data).items() if m is not None}
+        exact = naive.evaluate(masks)
+        assert exact.lost == step["calib_lost"] and exact.accuracy == pytest.approx(step["calib_accuracy"])
+        assert rule.within(exact, naive.base, eps)
+        saved.append(exact.macs_saved)
+    assert saved == sorted(saved) and saved[-1] > 0
+
+
+@pytest.mark.parametrize("args,says", [(["--optimizer", "nosuch"], "unknown --optimizer"),
+                                       (["--optimizer", "milp,milp"], "unknown --optimizer"),
+                                       (["--milp-rounds", "0"], "--milp-rounds"),
+                                       (["--budget", "ucb:7"], "confidence level")])  # fmt: skip
+def test_bad_optimizer_options_are_one_clear_line(ckpt, cli, tmp_path, args, says):
+    code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "run", "--calib", "100", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and says in lines[0] and not (tmp_path / "run").exists()
