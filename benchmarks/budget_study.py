@@ -3,10 +3,11 @@ calibration size, with the MACs saved in each cell.
 
     .venv/bin/python benchmarks/budget_study.py --checkpoint checkpoints/resnet18-w0.25-fashion-mnist \\
         --out runs/budget-study/fmnist-w025 [--calib 1000,2500,4000] [--budgets net,flips,ucb:0.9] \\
-        [--modes uniform-layer,uniform-patch] [--eps 0,0.5,1,3] [--collect]
+        [--modes uniform-layer,uniform-patch] [--eps 0,0.5,1,3] [--optimizers layer,milp] [--collect]
 
-One run folder per (mode, calibration size, rule) under --out, each an ordinary ``optimize`` run
-(fast engine, refine on; uniform-patch screened), so a killed study resumes where it stopped and a
+One run folder per (mode, optimizer, calibration size, rule) under --out, each an ordinary ``optimize``
+run (fast engine; uniform-patch screened; ``layer``: the layer quantizer then refine, ``milp``: the milp
+optimiser alone), so a killed study resumes where it stopped and a
 finished cell is never run again; each cell reuses the records of the cells on the same calibration
 images (``optimize(reuse=...)``: same masks, same record). The check images are the same 1,000 val images in every cell.
 ``--collect`` only reads what is there: ``study.json`` and a Markdown table on stdout, per cell
@@ -27,16 +28,18 @@ from crossneuron.optimize import optimize
 from crossneuron.search.options import SearchOptions
 
 
-def cell_folder(out: Path, mode: str, calib: int, budget: str) -> Path:
-    return out / f"{mode}-c{calib}-{budget.replace(':', '')}"
+def cell_folder(out: Path, mode: str, calib: int, budget: str, optimizer: str = "layer") -> Path:
+    kind = "" if optimizer == "layer" else f"-{optimizer}"
+    return out / f"{mode}{kind}-c{calib}-{budget.replace(':', '')}"
 
 
-def run_cell(ctx, out: Path, mode: str, calib: int, budget: str, eps: list[float]) -> dict:
-    folder = cell_folder(out, mode, calib, budget)
+def run_cell(ctx, out: Path, mode: str, calib: int, budget: str, eps: list[float], optimizer: str = "layer") -> dict:
+    """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone."""
+    folder = cell_folder(out, mode, calib, budget, optimizer)
     if (folder / "summary.json").is_file():
         return json.loads((folder / "summary.json").read_text())
-    options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=True,
-                            screen=mode != "uniform-layer")  # fmt: skip
+    options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=optimizer == "layer",
+                            screen=mode != "uniform-layer", optimizer=optimizer)  # fmt: skip
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
@@ -51,7 +54,9 @@ def collect(out: Path) -> list[dict]:
         s = json.loads(summary_path.read_text())
         for mode, info in s["modes"].items():
             for e, r in info["eps"].items():
-                rows.append({"cell": summary_path.parent.name, "mode": mode, "calib": s["calib_images"],
+                optimizer = "milp" if "-milp-" in summary_path.parent.name else "layer+refine"
+                rows.append({"cell": summary_path.parent.name, "mode": mode, "optimizer": optimizer,
+                             "calib": s["calib_images"],
                              "budget": s.get("budget", "net"), "eps": float(e), "calib_drop": r["calib_drop"],
                              "check_drop": r["check_drop"], "test_drop": r["test_drop"],
                              "macs_saved_pct_network": r["macs_saved_pct_network"],
@@ -60,23 +65,24 @@ def collect(out: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| mode | calib | budget | eps | calib drop | check drop | test drop | test - eps | % network |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in sorted(rows, key=lambda r: (r["mode"], r["calib"], r["budget"], r["eps"])):
-        lines.append(f"| {r['mode']} | {r['calib']} | {r['budget']} | {r['eps']:g} | {r['calib_drop']:.2f} | "
+    lines = ["| mode | optimizer | calib | budget | eps | calib drop | check drop | test drop | test - eps | "
+             "% network |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["mode"], r["optimizer"], r["calib"], r["budget"], r["eps"])):
+        lines.append(f"| {r['mode']} | {r['optimizer']} | {r['calib']} | {r['budget']} | {r['eps']:g} | "
+                     f"{r['calib_drop']:.2f} | "
                      f"{r['check_drop']:.2f} | {r['test_drop']:.2f} | {r['test_drop'] - r['eps']:+.2f} | "
                      f"{r['macs_saved_pct_network']:.2f} |")  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["calib"], r["budget"]), []).append(r)
-    lines += ["", "| calib | budget | cells eps <= 1 | test <= eps + 0.25 | check <= eps + 0.25 | mean test - eps |",
-              "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
-    for (calib, budget), rs in sorted(groups.items()):
+        groups.setdefault((r["optimizer"], r["calib"], r["budget"]), []).append(r)
+    lines += ["", "| optimizer | calib | budget | cells eps <= 1 | test <= eps + 0.25 | check <= eps + 0.25 | "
+              "mean test - eps |", "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for (optimizer, calib, budget), rs in sorted(groups.items()):
         small = [r for r in rs if r["eps"] <= 1]
         ok = sum(r["test_drop"] <= r["eps"] + 0.25 for r in small)
         ok_check = sum(r["check_drop"] <= r["eps"] + 0.25 for r in small)
         mean = sum(r["test_drop"] - r["eps"] for r in small) / max(1, len(small))
-        lines.append(f"| {calib} | {budget} | {len(small)} | {ok} | {ok_check} | {mean:+.2f} |")
+        lines.append(f"| {optimizer} | {calib} | {budget} | {len(small)} | {ok} | {ok_check} | {mean:+.2f} |")
     return "\n".join(lines)
 
 
@@ -89,6 +95,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="net,flips,ucb:0.9")
     ap.add_argument("--modes", default="uniform-layer,uniform-patch")
     ap.add_argument("--eps", default="0,0.5,1,3")
+    ap.add_argument("--optimizers", default="layer", help="layer (layer quantizer + refine), milp, or both")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
     args = ap.parse_args()
     out = Path(args.out)
@@ -97,8 +104,9 @@ def main() -> None:
         eps = [float(e) for e in args.eps.split(",")]
         for calib in (int(c) for c in args.calib.split(",")):
             for mode in args.modes.split(","):
-                for budget in args.budgets.split(","):
-                    run_cell(ctx, out, mode, calib, budget, eps)
+                for optimizer in args.optimizers.split(","):
+                    for budget in args.budgets.split(","):
+                        run_cell(ctx, out, mode, calib, budget, eps, optimizer)
     rows = collect(out)
     write_json(out / "study.json", {"checkpoint": args.checkpoint, "rows": rows})
     print(table(rows))
