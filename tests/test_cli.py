@@ -35,6 +35,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(cli):
     for args, needle in [
         (["sites", "--input-shape", "3,32"], "--input-shape must be C,H,W"),
         (["sites", "--patch-size", "7"], "patch size must be from 2 to 5"),
+        (["sites", "--model", "alexnet", "--input-shape", "3,4,4"], "does not run on input_shape"),  # no fx trace
     ]:
         code, _, err = cli(*args)
         lines = [line for line in err.splitlines() if line.strip()]

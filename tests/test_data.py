@@ -81,7 +81,11 @@ def test_missing_and_malformed_data_are_clear(tmp_path, monkeypatch):
     with pytest.raises(CrossneuronError, match="not a readable numpy archive"):
         load_arrays("cifar10", tmp_path)
     np.savez(tmp_path / "cifar10.npz", x_train=np.zeros((2, 32, 32, 3), np.uint8))
-    with pytest.raises(CrossneuronError, match="lacks key"):
+    with pytest.raises(CrossneuronError, match="lacks y_train, x_test, y_test: a dataset archive needs"):
+        load_arrays("cifar10", tmp_path)
+    whole = (tmp_path / "cifar10.npz").read_bytes()
+    (tmp_path / "cifar10.npz").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(CrossneuronError, match="not a readable numpy archive \\(truncated or corrupt"):
         load_arrays("cifar10", tmp_path)
     np.savez(tmp_path / "cifar10.npz", x_train=np.zeros((2, 28, 28), np.uint8), y_train=[0, 1],
              x_test=np.zeros((1, 28, 28), np.uint8), y_test=[0])  # fmt: skip

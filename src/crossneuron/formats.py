@@ -4,6 +4,7 @@ raises CrossneuronError when they are present but malformed, and never unpickles
 from __future__ import annotations
 
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +79,18 @@ def npz(path: Path) -> Parts | None:
     """A numpy archive with keys x_train, y_train, x_test, y_test (loaded without pickle)."""
     if not path.is_file():
         return None
+    keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except KeyError as exc:
-        raise CrossneuronError(f"{path} lacks key {exc}: need x_train, y_train, x_test, y_test") from None
-    except (ValueError, OSError) as exc:
-        raise CrossneuronError(f"{path} is not a readable numpy archive: {exc}") from None
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise CrossneuronError(f"{path} lacks {', '.join(missing)}: a dataset archive needs the arrays "
+                                       f"{', '.join(keys)}")  # fmt: skip
+            return tuple(z[k] for k in keys)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise CrossneuronError(f"{path} is not a readable numpy archive (truncated or corrupt? {reason}): "
+                               "copy it again") from None  # fmt: skip
 
 
 class LazyImages:

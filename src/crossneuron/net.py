@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -228,7 +230,8 @@ def _shape_prop(gm, input_shape) -> int:
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     try:
         gm.eval()
-        with torch.no_grad(), counting() as counter:
+        # torch.fx prints a traceback of its own to stderr before re-raising; the error below says it in a line
+        with torch.no_grad(), counting() as counter, contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(torch.zeros(1, *input_shape, device=device, dtype=dtype))
         return macs_of(counter)
     except Exception as exc:  # noqa: BLE001 - one clear line for a shape that does not fit
