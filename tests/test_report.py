@@ -44,6 +44,15 @@ def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
     assert summary["modes"]["uniform-patch"]["screen"]["sample"] == 10 and "Spearman" in page
 
 
+def test_a_corrupt_masks_file_is_one_clear_error(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for path in copy.glob("*/eps-*/masks.safetensors"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(CrossneuronError, match="masks.safetensors is corrupt .*re-run `crossneuron optimize`"):
+        build_report(copy, tmp_path / "rep")
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(CrossneuronError, match="summary.json not found"):
         build_report(tmp_path)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from ..errors import CrossneuronError  # noqa: E402
 from ..result import Result  # noqa: E402
 from .load import Run  # noqa: E402
 
@@ -22,6 +23,16 @@ MODE_STYLE = {
     "max-granularity": ("tab:red", "D"),
 }
 BASELINE = dict(color="black", marker="*", markersize=14, linestyle="none")
+
+
+def _load_masks(path: Path) -> dict[str, torch.Tensor]:
+    """A run's masks.safetensors (safetensors: no code runs on load), or one clear error."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        reason = " ".join(str(exc).split())[:120]
+        raise CrossneuronError(f"{path} is corrupt ({reason}): re-run `crossneuron optimize` into that run folder "
+                               "(it resumes from its records)") from None  # fmt: skip
 
 
 def _style(mode: str):
@@ -152,7 +163,7 @@ def _mask_image(ax, mask: torch.Tensor, title: str, fontsize=7):
 def masks_by_site(masks_path: Path, title: str, order: list[str] | None = None):
     """Channel 0's mask of every site, in execution order (white: computed, black: predicted when
     the computed positions are zero)."""
-    masks = load_file(str(masks_path))
+    masks = _load_masks(masks_path)
     names = [n for n in (order or []) if n in masks] or list(masks)
     cols = min(6, len(names))
     rows = math.ceil(len(names) / cols)
@@ -169,7 +180,7 @@ def masks_by_site(masks_path: Path, title: str, order: list[str] | None = None):
 
 def masks_of_site(masks_path: Path, site: str, title: str, limit: int = 256):
     """Every channel's mask of one site in a grid (at most ``limit`` channels)."""
-    m = load_file(str(masks_path))[site]
+    m = _load_masks(masks_path)[site]
     shown = m[:limit]
     cols = math.ceil(math.sqrt(len(shown)))
     rows = math.ceil(len(shown) / cols)
