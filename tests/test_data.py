@@ -180,3 +180,34 @@ def test_download_uses_torchvision_and_skips_present_files(tmp_path):
     assert got.x_train.shape == (50, 1, 28, 28)
     with pytest.raises(CrossneuronError, match="pickle"):
         load_arrays("cifar10", tmp_path, download=True)
+
+
+def test_a_checkpoint_refuses_data_whose_contents_differ(ckpt, cli, monkeypatch, capsys):
+    """Checkpoints record a content hash of their data: labels changed behind the same split are refused
+    in one line (or, with --other-data, used with a warning)."""
+    import dataclasses
+    import json
+
+    import crossneuron.context as context
+    from crossneuron.context import open_checkpoint
+    from crossneuron.data import content_hash
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    ctx = open_checkpoint(ckpt)
+    assert meta["data_hash"] == content_hash(ctx.arrays)
+    real = context.load_arrays
+
+    def shifted(*args, **kwargs):
+        arrays = real(*args, **kwargs)
+        return dataclasses.replace(arrays, y_test=(arrays.y_test + 1) % 10)
+
+    monkeypatch.setattr(context, "load_arrays", shifted)
+    with pytest.raises(CrossneuronError, match="differs from the data .* was trained on .*--other-data"):
+        open_checkpoint(ckpt)
+    code, _, err = cli("evaluate", "--checkpoint", ckpt)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "content hash" in lines[0]
+    capsys.readouterr()
+    other = open_checkpoint(ckpt, other_data=True)
+    assert (other.arrays.y_test != ctx.arrays.y_test).all()
+    assert "warning:" in capsys.readouterr().err

@@ -116,6 +116,9 @@ def main() -> None:
 DataRoot = Annotated[
     str | None, typer.Option("--data-root", help="folder with the data files (default: $CROSSNEURON_DATA)")
 ]
+OtherData = Annotated[
+    bool, typer.Option("--other-data", help="go on (with a warning) where the data differs from the checkpoint's")
+]
 
 
 @app.command()
@@ -152,11 +155,11 @@ def train(
     typer.echo(f"val accuracy {metrics['val_accuracy']:.2f}%  test accuracy {metrics['test_accuracy']:.2f}%  -> {out}")
 
 
-def _pattern_run(checkpoint_dir, split, patch_size, data_root, device, masks_path=None):
+def _pattern_run(checkpoint_dir, split, patch_size, data_root, device, masks_path=None, other_data=False):
     from .context import open_checkpoint
     from .evaluate import evaluate_pattern, measure
 
-    ctx = open_checkpoint(checkpoint_dir, data_root, device)
+    ctx = open_checkpoint(checkpoint_dir, data_root, device, other_data=other_data)
     x, y = ctx.data(split)
     if masks_path is None:
         return evaluate_pattern(ctx.model, ctx.spec, x, y, patch_size, device=device), ctx.meta
@@ -194,13 +197,14 @@ def evaluate(
     data_root: DataRoot = None,
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    other_data: OtherData = False,
 ):
     """Accuracy with and without prediction on a split, MACs saved, oracle and misprediction rate."""
     if pattern != "diagonal":
         raise CrossneuronError(f"unknown --pattern '{pattern}': only 'diagonal' is available here")
     if split not in ("val", "test"):
         raise CrossneuronError(f"--split must be val or test, got '{split}'")
-    result, meta = _pattern_run(checkpoint, split, patch_size, data_root, device, masks)
+    result, meta = _pattern_run(checkpoint, split, patch_size, data_root, device, masks, other_data)
     what = masks if masks else f"{pattern} {patch_size}x{patch_size}"
     _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {what}", as_json)
 
@@ -212,9 +216,10 @@ def baseline(
     data_root: DataRoot = None,
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    other_data: OtherData = False,
 ):
     """The 2018 paper's baseline: the diagonal pattern at every site, measured on the test split."""
-    result, meta = _pattern_run(checkpoint, "test", patch_size, data_root, device)
+    result, meta = _pattern_run(checkpoint, "test", patch_size, data_root, device, other_data=other_data)
     _print_pattern(result, f"diagonal baseline {patch_size}x{patch_size}: {meta['model']} on {meta['dataset']} (test)",
                    as_json)  # fmt: skip
 
@@ -289,6 +294,7 @@ def optimize(
     seed: int = 0,
     data_root: DataRoot = None,
     device: str = "cpu",
+    other_data: OtherData = False,
     dry_run: Annotated[bool, typer.Option(help="print evaluations per stage and an estimated time")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: bool = False,
@@ -304,7 +310,7 @@ def optimize(
     given = {k: v for k, v in locals().items() if k in {f.name for f in dataclasses.fields(SearchOptions)}}
     # every option named like a SearchOptions field passes as it is; these three are parsed first
     options = SearchOptions(**{**given, "modes": parse_modes(mode), "ones": _ones(ones), "eps": _floats(eps, "--eps")})
-    ctx = open_checkpoint(checkpoint, data_root, device)
+    ctx = open_checkpoint(checkpoint, data_root, device, other_data=other_data)
     options.check(len(ctx.split.val))
     if dry_run:
         from .estimate import dry_run as estimate
@@ -389,12 +395,13 @@ def retrain(
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: bool = False,
+    other_data: OtherData = False,
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
 
     record = run(checkpoint, masks, out, epochs, lr, batch_size, data_root, device, resume,
-                 quiet or as_json or not sys.stderr.isatty(), research, engine)  # fmt: skip
+                 quiet or as_json or not sys.stderr.isatty(), research, engine, other_data=other_data)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
-from .data import Arrays, DatasetSpec, dataset_spec, load_arrays
+from .data import Arrays, DatasetSpec, content_hash, dataset_spec, load_arrays
 from .errors import CrossneuronError
 from .splits import Split, make_split, split_arrays
 
@@ -49,12 +50,23 @@ def check_device(device: str) -> str:
     return device
 
 
-def open_checkpoint(path: str | Path, data_root=None, device: str = "cpu", download: bool = False) -> Context:
+def open_checkpoint(path: str | Path, data_root=None, device: str = "cpu", download: bool = False,
+                    other_data: bool = False) -> Context:  # fmt: skip
+    """A checkpoint with its dataset. Data whose content hash differs from the one the checkpoint
+    recorded (``data_hash``; checkpoints before 0.5 have none) is refused, or with ``other_data`` used
+    with a warning on stderr."""
     check_device(device)
     path = Path(path)
     model, meta = checkpoint.load(path, device)
     spec = dataset_spec(meta["dataset"])
     arrays = load_arrays(meta["dataset"], data_root, download)
+    recorded = meta.get("data_hash")
+    if recorded is not None and recorded != (found := content_hash(arrays)):
+        message = (f"the {meta['dataset']} data found here ({arrays.source}, content hash {found}) differs from the "
+                   f"data {path} was trained on ({meta.get('data_source')}, {recorded})")  # fmt: skip
+        if not other_data:
+            raise CrossneuronError(message + ": point --data-root at those files, or pass --other-data to go on")
+        print(f"warning: {message}; going on (--other-data)", file=sys.stderr)
     split = make_split(len(arrays.y_train), meta["val_size"], meta["split_seed"])
     if split.val_hash != meta["val_hash"]:
         raise CrossneuronError(

@@ -9,6 +9,7 @@ archive ``<name>.npz`` with keys ``x_train, y_train, x_test, y_test`` (loaded wi
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,22 @@ class Arrays:
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: str  # where it was read from
+
+
+def content_hash(arrays: Arrays) -> str:
+    """A short SHA-256 of a dataset's contents: every image and label of train and test, with their
+    shapes (image folders: each file's name and size, not decoded). Checkpoints record it; opening
+    one on other data is refused (``context.open_checkpoint``)."""
+    h = hashlib.sha256()
+    for part in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
+        if isinstance(part, torch.Tensor):
+            t = part.contiguous().cpu()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+        else:  # LazyImages
+            for path in part.paths:
+                h.update(f"{Path(path).name}:{Path(path).stat().st_size};".encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,13 @@ def _measure(model, ctx, result: Result, x, y, batch_size) -> dict:
 
 def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 0.005, batch_size: int = 128,
             data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
-            engine: str = "fast", progress=None) -> dict:  # fmt: skip
+            engine: str = "fast", progress=None, other_data: bool = False) -> dict:  # fmt: skip
     result_path = Path(result_path)
     if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
         raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
                                "choose another --out")  # fmt: skip
     data = load_result(result_path)
-    ctx = open_checkpoint(checkpoint_dir, data_root, device)
+    ctx = open_checkpoint(checkpoint_dir, data_root, device, other_data=other_data)
     if data.val_hash not in (None, ctx.meta["val_hash"]):
         raise CrossneuronError(f"{result_path} was searched on another val split than {checkpoint_dir}'s")
     attach_result(ctx.model, ctx.spec.input_shape, data)  # refuse masks of another model before any work
@@ -58,7 +58,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         t0 = time.perf_counter()
         metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
         seconds = time.perf_counter() - t0
-        new = open_checkpoint(out, data_root, device)
+        new = open_checkpoint(out, data_root, device, other_data=other_data)
         options = data.options
         x_cal, y_cal, _ = calibration(ctx, options["calib"], options["seed"])
         x_chk, y_chk, _ = check_images(ctx, options["calib"], options["seed"], data.check_images or 0)

@@ -16,7 +16,7 @@ import torchvision
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import checkpoint
-from .data import dataset_spec, load_arrays
+from .data import content_hash, dataset_spec, load_arrays
 from .errors import CrossneuronError
 from .evaluate import correct_count
 from .fsutil import atomic_write, folder_lock, write_json
@@ -156,6 +156,7 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         "val_size": cfg.val_size,
         "val_hash": split.val_hash,
         "data_source": arrays.source,
+        "data_hash": content_hash(arrays),  # the data trained and split on; open_checkpoint refuses other data
         "weights": cfg.weights,
         "init": cfg.init,
         "masks": cfg.masks,  # accuracies in this meta are measured with these masks predicting
