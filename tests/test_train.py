@@ -91,6 +91,17 @@ def test_corrupt_or_mismatched_checkpoints_are_clear(trained, tmp_path):
     (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
     with pytest.raises(CrossneuronError, match="does not match resnet18 width 0.25"):
         checkpoint.load(bad)
+    for key, value, says in [("width", "0.25", "'width' must be a positive number"),
+                             ("input_shape", [3, 32], "'input_shape' must be \\[C, H, W\\]"),
+                             ("num_classes", 2.5, "'num_classes' must be an integer"),
+                             ("split_seed", None, "'split_seed' must be an integer"),
+                             ("std", [0.5, 0], "'std' must be a list of positive numbers")]:  # fmt: skip
+        (bad / "meta.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(CrossneuronError, match=says):
+            checkpoint.load(bad)
+    (bad / "meta.json").write_text("[1, 2]")
+    with pytest.raises(CrossneuronError, match="a JSON object"):
+        checkpoint.load(bad)
     (bad / "meta.json").write_text(json.dumps(meta))
     (bad / "model.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(CrossneuronError, match="missing or corrupt"):

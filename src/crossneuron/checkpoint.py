@@ -8,6 +8,7 @@ val_size, val_hash, val_accuracy, test_accuracy, command, versions. Weights may 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -42,10 +43,38 @@ def read_meta(folder: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CrossneuronError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CrossneuronError(f"{path} is not a checkpoint's meta.json (a JSON object), got {type(meta).__name__}")
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise CrossneuronError(f"{path} lacks {', '.join(missing)}: not a crossneuron checkpoint")
+    for key, (ok, expected) in FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise CrossneuronError(f"{path}: '{key}' must be {expected}, got {meta[key]!r}")
     return meta
+
+
+def _int(v, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+FIELDS = {  # meta.json's fields that code reads: (check, what is expected)
+    "model": (lambda v: isinstance(v, str) and bool(v), "a model name"),
+    "dataset": (lambda v: isinstance(v, str) and bool(v), "a dataset name"),
+    "width": (lambda v: _number(v) and v > 0, "a positive number"),
+    "input_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_int(x, 1) for x in v), "[C, H, W]"),
+    "num_classes": (lambda v: _int(v, 1), "an integer >= 1"),
+    "split_seed": (lambda v: _int(v), "an integer >= 0"),
+    "val_size": (lambda v: _int(v, 1), "an integer >= 1"),
+    "val_hash": (lambda v: isinstance(v, str), "a string"),
+    "data_hash": (lambda v: isinstance(v, str), "a string"),
+    "mean": (lambda v: isinstance(v, list) and all(_number(x) for x in v), "a list of numbers"),
+    "std": (lambda v: isinstance(v, list) and all(_number(x) and x > 0 for x in v), "a list of positive numbers"),
+}
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
