@@ -53,6 +53,11 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(trained, tmp_pat
         train(TrainConfig(**CFG), tmp_path / "a", quiet=True)
     with pytest.raises(CrossneuronError, match="other options"):
         train(TrainConfig(**{**CFG, "lr": 0.1}), tmp_path / "a", quiet=True, resume=True)
+    kept = (tmp_path / "a" / "config.json").read_text()
+    (tmp_path / "a" / "config.json").write_text(kept[:20])  # cut short
+    with pytest.raises(CrossneuronError, match="config.json is corrupt"):
+        train(TrainConfig(**CFG), tmp_path / "a", quiet=True, resume=True)
+    (tmp_path / "a" / "config.json").write_text(kept)
     train(TrainConfig(**CFG), tmp_path / "a", quiet=True, resume=True)
     a, b = weights(tmp_path / "a"), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -115,7 +115,12 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
     if resume and config_path.exists():
         import json
 
-        if json.loads(config_path.read_text()) != asdict(cfg):
+        try:
+            stored = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
+                                   "train into another --out") from None  # fmt: skip
+        if stored != asdict(cfg):
             raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
     write_json(config_path, asdict(cfg))
 
