@@ -538,3 +538,24 @@ def test_records_reused_from_another_run_equal_a_fresh_search(full_run, ckpt, tm
         )
     with pytest.raises(CrossneuronError, match="calib_hash"):
         optimize(ctx, SearchOptions(**dict(options, calib=90)), tmp_path / "other", reuse=[reference])
+
+
+def test_a_database_that_cannot_be_written_and_a_system_error_are_one_line(tmp_path, cli, monkeypatch):
+    """A records database opened read-only (as for a user without write permission) refuses new records
+    with a line naming it; an OSError anywhere in a command is one line, exit 2, no traceback."""
+    from crossneuron.search.records import EvalResult
+    from crossneuron.search.store import Store, Where
+
+    store = Store(tmp_path / "records.sqlite", {"a": 1})
+    store.db.close()
+    store.db = sqlite3.connect(f"file:{tmp_path / 'records.sqlite'}?mode=ro", uri=True, isolation_level=None)
+    with pytest.raises(CrossneuronError, match="cannot write the search database .*permissions"):
+        store.add(Where("first", "m"), "abc", EvalResult(1, 2, 3, 4, lost=0), "naive")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "run" / "summary.json"))
+
+    monkeypatch.setattr("crossneuron.report.build_report", denied)
+    code, _, err = cli("report", tmp_path)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "summary.json: Permission denied" in lines[0], err

@@ -105,6 +105,10 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         raise SystemExit(130) from None
+    except OSError as exc:  # permissions, a full disk, a vanished folder: what the system said, in one line
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        err.print(f"error: {where}{exc.strerror or exc}", highlight=False, soft_wrap=True, markup=False)
+        raise SystemExit(2) from None
     except Exception as exc:  # usage errors (click's, vendored by typer: matched by shape, not import)
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):

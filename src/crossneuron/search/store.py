@@ -71,12 +71,20 @@ class Store:
             if "lost" not in columns:  # a database from before the budget rules: lost unknown (NULL)
                 self.db.execute("ALTER TABLE evals ADD COLUMN lost INTEGER")
             rows = dict(self.db.execute("SELECT key, value FROM run").fetchall())
+        except sqlite3.OperationalError as exc:
+            if _permission(exc):
+                raise CrossneuronError(_cannot_write(path, exc)) from None
+            raise CrossneuronError(f"{path} is not a readable search database ({exc}): use another --out") from None
         except sqlite3.DatabaseError as exc:
             raise CrossneuronError(f"{path} is not a readable search database ({exc}): use another --out") from None
         if not rows:
-            with self.db:
-                self.db.execute("BEGIN")
-                self.db.executemany("INSERT INTO run VALUES (?, ?)", [(k, json.dumps(v)) for k, v in identity.items()])
+            try:
+                with self.db:
+                    self.db.execute("BEGIN")
+                    self.db.executemany("INSERT INTO run VALUES (?, ?)",
+                                        [(k, json.dumps(v)) for k, v in identity.items()])  # fmt: skip
+            except sqlite3.OperationalError as exc:
+                raise CrossneuronError(_cannot_write(path, exc)) from None
         else:
             stored = {k: json.loads(v) for k, v in rows.items()}
             differ = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
@@ -117,6 +125,14 @@ class Store:
 
     def add_many(self, rows, engine: str) -> None:
         """(where, config, result) rows in one transaction (screened estimates come by the thousand)."""
+        try:
+            self._add_many(rows, engine)
+        except sqlite3.OperationalError as exc:
+            if _permission(exc):
+                raise CrossneuronError(_cannot_write(self.path, exc)) from None
+            raise
+
+    def _add_many(self, rows, engine: str) -> None:
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
@@ -180,3 +196,13 @@ def _dotted(tree: dict, key: str):
     for part in key.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
+
+
+def _permission(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text or "permission" in text
+
+
+def _cannot_write(path: Path, exc: Exception) -> str:
+    return (f"cannot write the search database {path} ({exc}): the search needs to add records there; check the "
+            "permissions of that file and folder, or use another --out")  # fmt: skip
