@@ -7,7 +7,7 @@ calibration size, with the MACs saved in each cell.
 
 One run folder per (mode, optimizer, calibration size, rule) under --out, each an ordinary ``optimize``
 run (fast engine; uniform-patch screened; ``layer``: the layer quantizer then refine, ``milp``: the milp
-optimiser alone), so a killed study resumes where it stopped and a
+optimiser alone, 20 s per solve), so a killed study resumes where it stopped and a
 finished cell is never run again; each cell reuses the records of the cells on the same calibration
 images (``optimize(reuse=...)``: same masks, same record). The check images are the same 1,000 val images in every cell.
 ``--collect`` only reads what is there: ``study.json`` and a Markdown table on stdout, per cell
@@ -39,7 +39,7 @@ def run_cell(ctx, out: Path, mode: str, calib: int, budget: str, eps: list[float
     if (folder / "summary.json").is_file():
         return json.loads((folder / "summary.json").read_text())
     options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=optimizer == "layer",
-                            screen=mode != "uniform-layer", optimizer=optimizer)  # fmt: skip
+                            screen=mode != "uniform-layer", optimizer=optimizer, milp_seconds=20.0)  # fmt: skip
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
