@@ -13,7 +13,7 @@ from crossneuron.optimize import calibration, optimize
 from crossneuron.result import load_result, result_masks
 from crossneuron.search.budget import get_budget
 from crossneuron.search.engine import NaiveEngine
-from crossneuron.search.milp import Problem, allowed_lost, solve
+from crossneuron.search.milp import Problem, allowed_lost, greedy, solve
 from crossneuron.search.options import SearchOptions
 from crossneuron.search.records import EvalResult
 from crossneuron.splits import normalise
@@ -42,6 +42,8 @@ def test_solver_finds_the_brute_force_optimum(seed, allowed, tau):
     choice = solve(problem, allowed, tau)
     assert problem.lost(choice, tau) <= allowed
     assert problem.saved(choice) == best
+    start = greedy(problem, allowed, tau)  # solve's floor: feasible, never above the optimum
+    assert problem.lost(start, tau) <= allowed and problem.saved(start) <= best
 
 
 def test_allowed_lost_is_the_largest_count_each_rule_accepts():
