@@ -93,3 +93,16 @@ def test_bad_optimizer_options_are_one_clear_line(ckpt, cli, tmp_path, args, say
     code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "run", "--calib", "100", *args)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and says in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_tighten_shrinks_the_allowance_by_the_models_undercount_then_raises_the_margin():
+    from crossneuron.search.milp import tighten
+
+    def lost(n):
+        return EvalResult(900 - n, 1000, 0, 0, lost=n)
+
+    assert tighten(30, 0.0, lost(62), 2.0) == (14, 0.0)  # the model lost 30 where the network lost 62
+    assert tighten(30, 0.0, lost(31), 2.0) == (29, 0.0)  # always at least one fewer
+    assert tighten(1, 0.0, lost(5), 2.0) == (0, 0.0)
+    assert tighten(0, 0.0, lost(3), 2.0) == (0, 0.25) and tighten(0, 0.25, lost(3), 2.0) == (0, 0.5)
+    assert tighten(0, 40.0, lost(3), 2.0) is None

@@ -157,11 +157,12 @@ def allowed_lost(accepts: Callable[[EvalResult], bool], base: EvalResult) -> int
 
 def tighten(allowed: int, tau: float, result: EvalResult, scale: float) -> tuple[int, float] | None:
     """The next round's (allowed, tau) after an exact evaluation broke the budget: fewer lost images
-    allowed by the excess measured, and once none are allowed a larger safety margin (``scale``: the
-    margins' typical size); None when there is nothing left to tighten."""
-    excess = max(1, (result.lost or 0) - allowed)
+    allowed, in proportion to how far the model undercounted them (``allowed`` x allowed / lost: the
+    model lost ``allowed`` where the network lost ``lost``), and once none are allowed a larger safety
+    margin (``scale``: the margins' typical size); None when there is nothing left to tighten."""
+    lost = max(result.lost or 0, allowed + 1)
     if allowed > 0:
-        return max(0, allowed - excess), tau
+        return min(allowed - 1, allowed * allowed // lost), tau
     if tau > 16 * scale:
         return None
     return 0, (2 * tau if tau > 0 else scale / 8)
