@@ -88,10 +88,10 @@ KILLS = [  # (fault, test, outcome): faults tested elsewhere in the suite, each 
     ("data whose contents differ from the checkpoint's",
      "tests/test_data.py::test_a_checkpoint_refuses_data_whose_contents_differ",
      "refused in one line (`--other-data`: a warning)"),
-    ("a pickle placed where a checkpoint, result or record is read", "(nothing reads pickles: safetensors, JSON, "
-     "SQLite; `torch.load(weights_only=True)` for user state dicts)", "never executed"),
+    ("a pickle placed where training state or weights are read (results and records are JSON and SQLite)",
+     "tests/test_train.py::test_a_pickle_placed_where_state_or_weights_are_read_never_runs",
+     "refused in one line; its code never runs (`torch.load(weights_only=True)`, safetensors)"),
 ]  # fmt: skip
 FOOTER = "\n## Kills and concurrent writers\n\n| fault | test | outcome |\n|---|---|---|\n" + "".join(
-    f"| {fault} | `{test}` | {outcome} |\n" if test.startswith("tests/") else f"| {fault} | {test} | {outcome} |\n"
-    for fault, test, outcome in KILLS
+    f"| {fault} | `{test}` | {outcome} |\n" for fault, test, outcome in KILLS
 )

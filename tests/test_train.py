@@ -217,3 +217,30 @@ def test_a_finished_checkpoint_is_never_overwritten_nor_retrained_into_itself(tr
     with pytest.raises(CrossneuronError, match="source checkpoint itself"):
         retrain(copy, tmp_path / "no-result.json", out=copy, quiet=True)
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+class _Payload:
+    """Unpickling this calls open(path, "w"): a file appearing means code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_placed_where_state_or_weights_are_read_never_runs(trained, tmp_path):
+    import pickle
+    import shutil
+
+    out, _ = trained
+    marker = tmp_path / "pwned"
+    copy = tmp_path / "ckpt"
+    shutil.copytree(out, copy)
+    (copy / "train_state.pt").write_bytes(pickle.dumps(_Payload(str(marker)), protocol=2))
+    with pytest.raises(CrossneuronError, match="train_state.pt is corrupt"):
+        train(TrainConfig(**CFG), copy, quiet=True, resume=True)
+    (copy / "model.safetensors").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CrossneuronError, match="missing or corrupt"):
+        checkpoint.load(copy)
+    assert not marker.exists()
