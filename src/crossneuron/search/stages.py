@@ -197,7 +197,8 @@ def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],
 def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by_step: list,
                start: int) -> list[Step]:  # fmt: skip
     """The milp optimiser (``milp.py``) for each epsilon, smallest first: solve, evaluate the choice
-    exactly, and while it breaks the budget tighten and solve again (at most ``milp_rounds`` times).
+    exactly; while it breaks the budget, tighten and solve again; once one is within, bisect the
+    lost-image allowance between it and the last that failed (at most ``milp_rounds`` solves).
     Records are keyed by their masks (``candidate`` = a prefix of the plans' hash), so a resumed run
     finds them whatever the solver's timing. Steps numbered from ``start``; with nothing before
     them, the first step is no prediction (always within)."""
@@ -229,16 +230,25 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
         evaluate([None] * len(sites), max(st.options.eps))
     for eps in sorted(st.options.eps):
         allowed = allowed_lost(lambda r, eps=eps: st.ev.budget.within(r, st.base, eps), st.base)
-        tau = 0.0
+        tau, good, bad = 0.0, None, None  # the largest allowance verified within eps, the smallest not
         for _ in range(st.options.milp_rounds):
             choice = solve(problem, allowed, tau, st.options.milp_seconds)
             if choice is None:
                 break
             result = evaluate(choice, eps)
             if st.ev.budget.within(result, st.base, eps):
-                break
+                good = allowed
+                if bad is None or bad - good <= 1 or tau > 0:
+                    break
+                allowed = (good + bad) // 2  # verified: try between it and the last allowance that failed
+                continue
+            bad = allowed if tau == 0 else bad
             following = tighten(allowed, tau, result, scale)
             if following is None:
                 break
             allowed, tau = following
+            if good is not None and tau == 0 and allowed <= good:
+                allowed = (good + bad) // 2
+                if allowed <= good:
+                    break
     return steps
