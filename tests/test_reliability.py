@@ -79,6 +79,10 @@ KILLS = [  # (fault, test, outcome): faults tested elsewhere in the suite, each 
     ("`kill -9` of `train` at random moments, then `--resume`",
      "tests/test_train.py::test_sigkill_at_any_moment_then_resume_equals_uninterrupted",
      "the weights equal an uninterrupted run's"),
+    ("`kill -9` of `report` while it writes, then the same command",
+     "tests/test_report.py::test_sigkill_of_report_then_a_rerun_writes_the_same_files",
+     "the same files, `table.md` byte-equal to an uninterrupted report's (`retrain` trains through `train`'s "
+     "resumable path: `--resume`)"),
     ("a second `optimize` on the same `--out`",
      "tests/test_search.py::test_a_second_writer_on_a_folder_is_refused_naming_the_first",
      "refused in one line naming the first one's pid"),

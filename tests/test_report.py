@@ -81,3 +81,28 @@ def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(run_di
     console_errors = [line for line in (proc.stderr + dom.stderr).splitlines()
                       if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]  # fmt: skip
     assert not console_errors, console_errors
+
+
+def test_sigkill_of_report_then_a_rerun_writes_the_same_files(run_dir, tmp_path):
+    """kill -9 while the report writes its files (once its first file exists), then the same command:
+    the same set of files, table.md byte-equal to an uninterrupted report's, no temporary files left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    reference = build_report(run_dir, tmp_path / "whole")
+    out = tmp_path / "killed"
+    args = [sys.executable, "-c", "from crossneuron.cli import main; main()", "report", str(run_dir), "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not any(out.glob("*.png")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-way, not finished
+    assert not (out / "report.html").exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert (out / "table.md").read_text() == reference["table"]
