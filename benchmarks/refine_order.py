@@ -84,7 +84,8 @@ def trace_all(args) -> None:
     import tempfile
 
     from crossneuron.optimize import make_engine
-    from crossneuron.search.quantize import move_key, within
+    from crossneuron.search.budget import NET
+    from crossneuron.search.quantize import move_key
     from crossneuron.search.run import Search
     from crossneuron.search.store import Store
 
@@ -121,7 +122,7 @@ def trace_all(args) -> None:
             kept, moves = 0, []
             for plans, result in steps:
                 moved = [s for s in plans if plans[s] != current.get(s)] + [s for s in current if s not in plans]
-                ok = within(result, base, e)
+                ok = NET.within(result, base, e)
                 site = moved[0] if moved else None
                 opts = mode.options[site] if site is not None else []
                 pos = next((k for k, o in enumerate(opts) if o.plan == plans.get(site)), len(opts))

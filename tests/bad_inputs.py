@@ -122,7 +122,7 @@ CASES = [
          ("optimize", "--checkpoint", "{ckpt}", "--out", "{tmp}/bad", "--calib", "100"),
          "not a readable search database", setup=_write("bad/records.sqlite", lambda env: b"garbage" * 1000)),
     Case("reuse", "--reuse of a search on other calibration images",
-         (*OPT[:-1], "90", "--reuse", "{run}"), "cannot be reused here"),
+         (*OPT[:-1], "90", "--reuse", "{run}"), "cannot be reused here", untouched="{tmp}/out"),
     Case("masks-number", "a result.json that is a bare number",
          ("evaluate", "--checkpoint", "{ckpt}", "--masks", "{tmp}/r.json"), "not a crossneuron result",
          setup=_write("r.json", lambda env: 7)),

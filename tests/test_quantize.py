@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossneuron.search.budget import NET
 from crossneuron.search.plan import Piece, block_grid, block_side, plan_mask
-from crossneuron.search.quantize import Option, combine, layer_quantize, pick, rank, within
+from crossneuron.search.quantize import Option, combine, layer_quantize, pick, rank
 from crossneuron.search.records import EvalResult
 
 BASE = EvalResult(correct=900, images=1000, macs_saved=0, mispredicted=0)
@@ -21,7 +22,7 @@ def test_rank_filters_by_eps_and_sorts_by_macs_then_accuracy():
     assert [o.plan[0].code for o in ranked] == [3, 2, 1, 5]  # 4 loses 2 points: out
     assert [o.plan[0].code for o in rank(options, BASE, eps=0.5)] == [3, 1, 5]
     assert [o.plan[0].code for o in rank(options, BASE, eps=1.0, top_m=2)] == [3, 2]
-    assert within(EvalResult(895, 1000, 0, 0), BASE, 0.5) and not within(EvalResult(894, 1000, 0, 0), BASE, 0.5)
+    assert NET.within(EvalResult(895, 1000, 0, 0), BASE, 0.5) and not NET.within(EvalResult(894, 1000, 0, 0), BASE, 0.5)
 
 
 def test_combine_gives_none_where_a_target_has_fewer_options():

@@ -25,7 +25,7 @@ from .result import Result, export_masks, masks_json, trajectory_json, write_res
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
 from .search.run import MODES, ModeResult, Search, SearchOptions, coupled_units
-from .search.store import Store
+from .search.store import Store, reusable_records
 from .splits import indices_hash, normalise
 
 ENGINES = {"naive": NaiveEngine, "fast": FastEngine}
@@ -113,20 +113,19 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
         raise CrossneuronError(f"--check must be a number of images >= 0, got {check!r}")
     out = output_folder(out, create=False)  # checked now, made once the options have passed
     net, engine, calib_hash = make_engine(engine_name, ctx, options)
+    identity = {
+        "checkpoint": str(ctx.path.resolve()),
+        "weights_hash": ctx.weights_hash,
+        "val_hash": ctx.meta["val_hash"],
+        "calib_hash": calib_hash,
+        "options": options.identity(),
+        "version": __version__,
+    }
+    reused = [row for other in reuse for row in reusable_records(other, identity, REUSE_SAME)]  # before any write
     output_folder(out)
     with folder_lock(out):  # one writer per run folder
-        identity = {
-            "checkpoint": str(ctx.path.resolve()),
-            "weights_hash": ctx.weights_hash,
-            "val_hash": ctx.meta["val_hash"],
-            "calib_hash": calib_hash,
-            "options": options.identity(),
-            "version": __version__,
-        }
         store = Store(out / "records.sqlite", identity)
-        for other in reuse:
-            other = Path(other)
-            store.reuse(other / "records.sqlite" if other.is_dir() else other, REUSE_SAME)
+        store.reuse(reused)
         t0 = time.perf_counter()
         search = Search(net, engine, store, options, progress)
         base = search.base

@@ -49,7 +49,7 @@ class Budget:
         return self.charge(result, base) <= eps + TOLERANCE
 
 
-def _lost(result: EvalResult, base: EvalResult) -> int:
+def _lost(result: EvalResult) -> int:
     if result.lost is None:
         raise CrossneuronError("a record without its lost-image count cannot be judged by this budget rule")
     return result.lost
@@ -65,7 +65,7 @@ class Net(Budget):
     def within(self, result: EvalResult, base: EvalResult, eps: float) -> bool:
         if result.cut_short:
             return False
-        return (  # exact in integers up to float rounding of eps (as 0.4.0's quantize.within)
+        return (  # exact in integers up to float rounding of eps (0.4.0's quantize.within)
             100.0 * (base.correct * result.images - result.correct * base.images)
             <= eps * result.images * base.images + 1e-9
         )
@@ -76,7 +76,7 @@ class Flips(Budget):
     name: str = "flips"
 
     def charge(self, result: EvalResult, base: EvalResult) -> float:
-        return 100.0 * _lost(result, base) / result.images
+        return 100.0 * _lost(result) / result.images
 
 
 def upper_rate(k: int, n: int, level: float) -> float:
@@ -104,7 +104,7 @@ class UpperBound(Budget):
     name: str = "ucb"
 
     def charge(self, result: EvalResult, base: EvalResult) -> float:
-        lost = _lost(result, base)
+        lost = _lost(result)
         gained = result.correct - base.correct + lost
         if gained < 0:
             raise CrossneuronError(f"inconsistent record: {lost} images lost but only {result.correct} right")

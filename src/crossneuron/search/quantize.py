@@ -20,11 +20,6 @@ class Option:
     result: EvalResult
 
 
-def within(result: EvalResult, base: EvalResult, eps: float) -> bool:
-    """Accuracy >= base accuracy - eps (percentage points; the ``net`` budget rule)."""
-    return NET.within(result, base, eps)
-
-
 def rank(options: Sequence[Option], base: EvalResult, eps: float, top_m: int | None = None,
          budget: Budget = NET) -> list[Option]:  # fmt: skip
     """Options within ``eps`` (by ``budget``), sorted by MACs saved then accuracy (both descending), at most

@@ -145,30 +145,9 @@ class Store:
                  for where, config, result in rows],
             )  # fmt: skip
 
-    def reuse(self, other: str | Path, same: tuple[str, ...]) -> int:
-        """Import the exact, complete records of another run's database (``other``) whose identity
-        agrees with this one on ``same`` (dotted keys, e.g. ``options.patch_size``): the same masks on
-        the same images give the same record, so a search under another budget rule or epsilon finds
-        them by their masks (``find``'s fallback) instead of evaluating again. They are stored under
-        ``reused|<their key>``, never under a key of this search. Returns how many were imported."""
-        other = Path(other)
-        try:
-            src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
-            theirs = {k: json.loads(v) for k, v in src.execute("SELECT key, value FROM run")}
-            rows = src.execute(
-                "SELECT key, config, stage, mode, site, channel, block, pattern, candidate, correct, images, "
-                "macs_saved, mispredicted, seconds, engine, lost FROM evals "
-                "WHERE cut_short = 0 AND estimated = 0 AND lost IS NOT NULL"
-            ).fetchall()
-            src.close()
-        except sqlite3.DatabaseError as exc:
-            raise CrossneuronError(f"{other} is not a readable search database ({exc}): pass a run folder's "
-                                   "records.sqlite to reuse") from None  # fmt: skip
-        ours = {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM run")}
-        differ = [k for k in same if _dotted(ours, k) != _dotted(theirs, k)]
-        if differ:
-            raise CrossneuronError(f"{other} was searched on other images or masks (differs in: {', '.join(differ)})"
-                                   ": its records cannot be reused here")  # fmt: skip
+    def reuse(self, rows: list[tuple]) -> None:
+        """Import another run's records (``reusable_records``) under ``reused|<their key>``, never
+        under a key of this search: ``find``'s fallback then finds them by their masks."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
@@ -177,7 +156,6 @@ class Store:
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,?)",
                 [("reused|" + r[0].removeprefix("reused|"), *r[1:]) for r in rows],
             )
-        return len(rows)
 
     def keys(self, prefix: str) -> set[str]:
         """Keys of the records whose key starts with ``prefix``."""
@@ -190,6 +168,34 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def reusable_records(other: str | Path, identity: dict, same: tuple[str, ...]) -> list[tuple]:
+    """The exact, complete records of another run's database (``other``: a run folder or its
+    records.sqlite), refused in one line unless its identity agrees with ``identity`` on ``same``
+    (dotted keys, e.g. ``options.patch_size``): the same masks on the same images give the same
+    record, so a search under another budget rule or epsilon need not evaluate them again."""
+    other = Path(other)
+    other = other / "records.sqlite" if other.is_dir() else other
+    try:
+        src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+        try:
+            theirs = {k: json.loads(v) for k, v in src.execute("SELECT key, value FROM run")}
+            rows = src.execute(
+                "SELECT key, config, stage, mode, site, channel, block, pattern, candidate, correct, images, "
+                "macs_saved, mispredicted, seconds, engine, lost FROM evals "
+                "WHERE cut_short = 0 AND estimated = 0 AND lost IS NOT NULL"
+            ).fetchall()
+        finally:
+            src.close()
+    except sqlite3.DatabaseError as exc:
+        raise CrossneuronError(f"{other} is not a readable search database ({exc}): pass a run folder's "
+                               "records.sqlite to reuse") from None  # fmt: skip
+    differ = [k for k in same if _dotted(identity, k) != _dotted(theirs, k)]
+    if differ:
+        raise CrossneuronError(f"{other} was searched on other images or masks (differs in: {', '.join(differ)})"
+                               ": its records cannot be reused here")  # fmt: skip
+    return rows
 
 
 def _dotted(tree: dict, key: str):
