@@ -3,7 +3,8 @@ calibration size, with the MACs saved in each cell.
 
     .venv/bin/python benchmarks/budget_study.py --checkpoint checkpoints/resnet18-w0.25-fashion-mnist \\
         --out runs/budget-study/fmnist-w025 [--calib 1000,2500,4000] [--budgets net,flips,ucb:0.9] \\
-        [--modes uniform-layer,uniform-patch] [--eps 0,0.5,1,3] [--optimizers layer,milp] [--collect]
+        [--modes uniform-layer,uniform-patch] [--eps 0,0.5,1,3] [--optimizers layer,milp] \\
+        [--patch-size 2] [--ones 1-2] [--data-root DIR] [--collect]
 
 One run folder per (mode, optimizer, calibration size, rule) under --out, each an ordinary ``optimize``
 run (fast engine; uniform-patch screened; ``layer``: the layer quantizer then refine, ``milp``: the milp
@@ -33,13 +34,15 @@ def cell_folder(out: Path, mode: str, calib: int, budget: str, optimizer: str = 
     return out / f"{mode}{kind}-c{calib}-{budget.replace(':', '')}"
 
 
-def run_cell(ctx, out: Path, mode: str, calib: int, budget: str, eps: list[float], optimizer: str = "layer") -> dict:
+def run_cell(ctx, out: Path, mode: str, calib: int, budget: str, eps: list[float], optimizer: str = "layer",
+             patch: dict | None = None) -> dict:
     """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone."""
     folder = cell_folder(out, mode, calib, budget, optimizer)
     if (folder / "summary.json").is_file():
         return json.loads((folder / "summary.json").read_text())
     options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=optimizer == "layer",
-                            screen=mode != "uniform-layer", optimizer=optimizer, milp_seconds=20.0)  # fmt: skip
+                            screen=mode != "uniform-layer", optimizer=optimizer, milp_seconds=20.0,
+                            **(patch or {}))  # fmt: skip
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
@@ -96,17 +99,21 @@ def main() -> None:
     ap.add_argument("--modes", default="uniform-layer,uniform-patch")
     ap.add_argument("--eps", default="0,0.5,1,3")
     ap.add_argument("--optimizers", default="layer", help="layer (layer quantizer + refine), milp, or both")
+    ap.add_argument("--patch-size", type=int, default=2)
+    ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.collect:
         ctx = open_checkpoint(args.checkpoint, args.data_root)
         eps = [float(e) for e in args.eps.split(",")]
+        patch = {"patch_size": args.patch_size,
+                 "ones": tuple(int(k) for k in args.ones.split("-")) if args.ones else None}  # fmt: skip
         for calib in (int(c) for c in args.calib.split(",")):
             for mode in args.modes.split(","):
                 for optimizer in args.optimizers.split(","):
                     for budget in args.budgets.split(","):
-                        run_cell(ctx, out, mode, calib, budget, eps, optimizer)
+                        run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch)
     rows = collect(out)
     write_json(out / "study.json", {"checkpoint": args.checkpoint, "rows": rows})
     print(table(rows))

@@ -320,6 +320,9 @@ def test_screen_estimates_follow_their_definition(ckpt):
     naive = NaiveEngine(net, x, y, 30)
     sides = {s.index: block_side(s.shape[1], s.shape[2], 2, 4) for s in net.sites}
     screen = Screen(net, naive.batches, [1, 6, 9], sides)
+    # a screen that sums what its modes never split answers their plans the same, and refuses the others
+    summed = {(False, False): Screen(net, naive.batches, [1, 6, 9], sides, channels=False, blocks=False),
+              (True, False): Screen(net, naive.batches, [1, 6, 9], sides, blocks=False)}  # fmt: skip
     g = torch.Generator().manual_seed(0)
     for site in net.sites:
         shape = tuple(net.spatial(site).mask.shape)
@@ -344,6 +347,18 @@ def test_screen_estimates_follow_their_definition(ckpt):
                 hit = torch.where(delta == 0, margin.detach() > 0, margin.detach() + delta > 0)
                 assert est.correct == int(hit.sum())
                 assert est.lost == int(((margin.detach() > 0) & ~hit).sum())
+                for (channels, blocks), other in summed.items():
+                    if (piece.channel is None or channels) and (piece.block is None or blocks):
+                        assert (
+                            other.estimate(site.index, (piece,)).macs_saved,
+                            other.estimate(site.index, (piece,)).mispredicted,
+                        ) == (est.macs_saved, est.mispredicted)
+                        assert torch.allclose(
+                            other.delta(site.index, (piece,)), screen.delta(site.index, (piece,)), atol=1e-4
+                        )
+                    else:
+                        with pytest.raises(ValueError, match="summed over channels or blocks"):
+                            other.estimate(site.index, (piece,))
 
 
 def test_spearman_against_hand_values():

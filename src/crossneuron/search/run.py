@@ -94,7 +94,9 @@ class Search:
         if screened or "milp" in options.optimizers:  # one gradient pass serves both
             from .screen import Screen
 
-            model = Screen(net, engine.batches, list(self.space.codes), self.space.sides)
+            modes = [get_mode(m) for m in options.modes]  # the finest granularity a mode asks for
+            model = Screen(net, engine.batches, list(self.space.codes), self.space.sides,
+                           channels=any(m.by_channel for m in modes), blocks=any(m.by_block for m in modes))  # fmt: skip
             screener = model if screened else None
         eps = max(options.eps)
         self.budget = get_budget(options.budget)

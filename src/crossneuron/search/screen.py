@@ -54,8 +54,14 @@ def _block_sum(t: torch.Tensor, per_block: int) -> torch.Tensor:
 
 
 class Screen:
-    def __init__(self, net: PredictiveNet, batches, codes: list[int], sides: dict[int, int]):
+    """``channels`` / ``blocks`` False: the tables keep that dimension summed (size 1), enough for plans
+    whose pieces cover every channel / block (a uniform-layer search needs neither; memory and time
+    then scale with the patterns, not with channels x blocks)."""
+
+    def __init__(self, net: PredictiveNet, batches, codes: list[int], sides: dict[int, int],
+                 channels: bool = True, blocks: bool = True):  # fmt: skip
         self.net, self.codes = net, list(codes)
+        self.channels, self.blocks = channels, blocks
         self.index = {code: i for i, code in enumerate(self.codes)}
         p = net.patch_size
         parts: dict[int, list] = {s.index: [] for s in net.sites}
@@ -120,14 +126,24 @@ class Screen:
                     real_sum = real_sum + reals
             pred = ~computed
             per_block = side // p
-            deltas.append(_block_sum(-(pred * ga_sum), per_block))
-            macs.append(_block_sum(pred * real_sum, per_block).sum(0) * site.macs_per_output)
-            wrong.append(_block_sum(pred * nonzero, per_block).sum(0))
+            deltas.append(self._kept(_block_sum(-(pred * ga_sum), per_block)))
+            macs.append(self._kept(_block_sum(pred * real_sum, per_block).sum(0) * site.macs_per_output))
+            wrong.append(self._kept(_block_sum(pred * nonzero, per_block).sum(0)))
         return torch.stack(deltas).float(), torch.stack(macs), torch.stack(wrong)
+
+    def _kept(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., C, B) -> the dimensions this screen keeps (the others summed to size 1)."""
+        if not self.channels:
+            t = t.sum(-2, keepdim=True)
+        if not self.blocks:
+            t = t.sum(-1, keepdim=True)
+        return t
 
     # -- estimates -------------------------------------------------------------------------------
     def _piece(self, table: SiteTable, piece):
         i = self.index[piece.code]
+        if (piece.channel is not None and not self.channels) or (piece.block is not None and not self.blocks):
+            raise ValueError("this screen summed over channels or blocks: build it with channels/blocks=True")
         chans = slice(None) if piece.channel is None else slice(piece.channel, piece.channel + 1)
         blocks = slice(None) if piece.block is None else slice(piece.block, piece.block + 1)
         return (table.delta[i][:, chans, blocks].sum((1, 2)), int(table.macs[i][chans, blocks].sum()),
@@ -166,6 +182,8 @@ class Screen:
         table = self.tables[site]
         n = len(self.margin)
         out = {}
+        if (by_channel and not self.channels) or (by_block and not self.blocks):
+            raise ValueError("this screen summed over channels or blocks: build it with channels/blocks=True")
         for i, code in enumerate(self.codes):
             delta, macs, wrong = table.delta[i], table.macs[i], table.mispredicted[i]  # (N, C, B), (C, B)
             if not by_channel:
