@@ -113,3 +113,66 @@ def test_model_without_sites_and_bad_shapes_are_clear_errors():
         cn.attach(cn.build_model("resnet18", 10, (3, 32, 32), 0.25), (32, 32))
     with pytest.raises(CrossneuronError, match="unknown model 'resnet19'"):
         cn.build_model("resnet19")
+
+
+class Shrink(nn.Module):
+    """A user's zero-producing activation (declared with attach(..., activations=[Shrink]))."""
+
+    def forward(self, x):
+        return x * (x > 0.5)
+
+
+def gate(x):
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+class Activations(nn.Module):
+    """Every zero-producing activation form, with look-alikes that are not (lower bound not 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(4 if i else 3, 4, 3, padding=1) for i in range(14))
+        self.w = nn.Parameter(torch.randn(4, 2, 3, 3))  # a functional grouped conv's weight
+        self.six, self.tanh0, self.tanh = nn.ReLU6(), nn.Hardtanh(0.0, 2.0), nn.Hardtanh()
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)  # depthwise
+        self.shrink = Shrink()
+
+    def forward(self, x):
+        c = iter(self.convs)
+        x = self.six(next(c)(x))  # site six, 27
+        x = F.relu6(next(c)(x))  # site .relu6, 36
+        x = self.tanh0(next(c)(x))  # site tanh0
+        x = self.tanh(next(c)(x))  # not: lower bound -1
+        x = F.hardtanh(next(c)(x), 0.0, 6.0)  # site .hardtanh
+        x = F.hardtanh(next(c)(x))  # not: lower bound -1
+        x = next(c)(x).clamp(min=0)  # site .clamp
+        x = torch.clamp(next(c)(x), 0, 6)  # site .clamp@1
+        x = next(c)(x).clamp_min(0.0)  # site .clamp@2
+        x = next(c)(x).clamp(min=-1.0)  # not
+        x = self.shrink(next(c)(x))  # site shrink (declared module)
+        x = gate(next(c)(x))  # site .gate (declared function)
+        x = next(c)(x).hardshrink()  # site .hardshrink (declared method)
+        x = F.relu(F.conv2d(x, self.w, padding=1, groups=2))  # site .relu@1? no: first plain relu, 2*9
+        x = F.relu6(self.dw(x))  # depthwise: 1*9
+        return x.mean((2, 3))
+
+
+def test_zero_producing_activations_beyond_relu_as_modules_functions_and_methods():
+    model = Activations().eval()
+    x = torch.randn(2, 3, 8, 8)
+    net = cn.attach(model, (3, 8, 8), activations=[Shrink, gate, "hardshrink"])
+    assert [(s.name, s.macs_per_output) for s in net.sites] == [
+        ("six", 27), ("relu6", 36), ("tanh0", 36), ("hardtanh", 36), ("clamp", 36), ("clamp@1", 36),
+        ("clamp@2", 36), ("shrink", 36), ("gate", 36), ("hardshrink", 36), ("relu", 18), ("relu6@1", 9),
+    ]  # fmt: skip
+    assert net.site("relu").convs == ("w",) and net.site("relu6@1").convs == ("dw",)
+    torch.testing.assert_close(net(x), model(x), rtol=0, atol=0)  # attaching changes nothing
+    undeclared = [s.name for s in cn.attach(model, (3, 8, 8)).sites]
+    assert undeclared == ["six", "relu6", "tanh0", "hardtanh", "clamp", "clamp@1", "clamp@2", "relu", "relu6@1"]
+
+
+def test_smooth_activations_give_no_site_and_the_error_names_them():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.GELU(), nn.Flatten())
+    with pytest.raises(CrossneuronError, match="no zero-producing activation after a conv") as info:
+        cn.attach(model, (3, 8, 8))
+    assert str(info.value).endswith("; GELU, SiLU never output exact zeros")

@@ -14,7 +14,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .errors import CrossneuronError
 from .macs import counting, macs_of, pct
 from .patterns import check_patch_size
-from .sites import Site, find_sites
+from .sites import Activation, Site, find_sites, smooth_activations
 from .spatial import Spatial
 from .tracing import trace
 
@@ -248,20 +248,30 @@ def attach(
     input_shape: Sequence[int],
     patch_size: int = 2,
     leaf_modules: Iterable[str | type] = (),
+    activations: Iterable[Activation] = (),
 ) -> PredictiveNet:
     """Trace ``model`` and insert a Spatial layer after every site (all with no prediction).
 
-    ``model`` is left untouched: the net shares its submodules and parameters.
+    ``model`` is left untouched: the net shares its submodules and parameters. ``activations``
+    declares activations of the user's own that output exact zeros (module classes, which then
+    trace as leaves; functions; tensor method names), next to ReLU, ReLU6, Hardtanh(0, x) and
+    clamp(min=0).
     """
     p = check_patch_size(patch_size)
     shape = _check_input_shape(input_shape)
-    gm = trace(model, leaf_modules)
+    activations = list(activations)
+    functions = [a for a in activations if callable(a) and not isinstance(a, type)]
+    gm = trace(model, [*leaf_modules, *(a for a in activations if isinstance(a, type))], functions)
     macs = _shape_prop(gm, shape)
-    sites = find_sites(gm)
+    sites = find_sites(gm, activations)
     if not sites:
+        smooth = smooth_activations(gm)
+        why = f"; {', '.join(smooth)} never output exact zeros" if smooth else ""
         raise CrossneuronError(
-            f"{type(model).__name__} has no site: no ReLU is fed by a Conv2d through only BatchNorm, "
-            f"identity-like ops and residual adds (leaf modules hide what is inside them)"
+            f"{type(model).__name__} has no site: no zero-producing activation after a conv (ReLU, ReLU6, "
+            f"Hardtanh or clamp with lower bound 0, or one declared with attach(..., activations=[...]) fed "
+            f"by a conv through only BatchNorm, identity-like ops and residual adds; leaf modules hide what "
+            f"is inside them){why}"
         )
     # a site's ReLU output feeds only its Spatial layer, which may therefore overwrite it
     layers = nn.ModuleList(Spatial(s.shape, p, s.macs_per_output, inplace=True) for s in sites)

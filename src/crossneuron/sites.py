@@ -1,15 +1,18 @@
 """Sites (SPEC 1) found in a traced graph, and their MACs (SPEC 2; the whole network's are in ``macs.py``).
 
-A site is one call of a ReLU whose input comes from Conv2d outputs through only BatchNorm,
-identity-like ops and element-wise residual adds. Walking back from the ReLU through those ops
-(both operands of an add), every Conv2d reached whose output feeds nothing but that path is a
-*contributing conv*; a ReLU with no contributing conv is not a site.
+A site is one call of a zero-producing activation (ReLU, ReLU6, Hardtanh or clamp with a lower bound
+of exactly 0, or one the user declares; module, function or method) whose input comes from conv
+outputs (``Conv2d`` modules or ``F.conv2d`` calls) through only BatchNorm, identity-like ops and
+element-wise residual adds. Walking back from the activation through those ops (both operands of an
+add), every conv reached whose output feeds nothing but that path is a *contributing conv*; an
+activation with no contributing conv is not a site.
 """
 
 from __future__ import annotations
 
 import operator
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,18 +22,39 @@ from torch import nn
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _RELU_METHODS = {"relu", "relu_"}
+# functions and methods that zero what lies below a lower bound: (name, position and keyword of the
+# lower bound, of the upper bound, the lower bound's default); a site where the lower bound is 0
+_BOUNDED_FUNCTIONS = {
+    F.relu6: ("relu6", None, None, 0.0),
+    F.hardtanh: ("hardtanh", (1, "min_val"), (2, "max_val"), -1.0),
+    F.hardtanh_: ("hardtanh", (1, "min_val"), (2, "max_val"), -1.0),
+    torch.clamp: ("clamp", (1, "min"), (2, "max"), None),
+    torch.clip: ("clamp", (1, "min"), (2, "max"), None),
+    torch.clamp_min: ("clamp", (1, "min"), None, None),
+}
+_BOUNDED_METHODS = {name: ("clamp", (1, "min"), (2, "max"), None) for name in ("clamp", "clamp_", "clip", "clip_")} | {
+    name: ("clamp", (1, "min"), None, None) for name in ("clamp_min", "clamp_min_")
+}
+# activations that never output exact zeros: named when a model has no site
+_SMOOTH_MODULES = (nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish,
+                   nn.Sigmoid, nn.Tanh, nn.Softplus, nn.PReLU, nn.Hardsigmoid)  # fmt: skip
+_SMOOTH_FUNCTIONS = {F.silu, F.gelu, F.leaky_relu, F.elu, F.selu, F.celu, F.mish, F.hardswish, torch.sigmoid,
+                     torch.tanh, F.softplus, F.hardsigmoid}  # fmt: skip
+_CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 _PASS_MODULES = (nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
 _PASS_METHODS = {"contiguous", "clone"}
+Activation = type | Callable | str  # a module class, a function, or a tensor method's name
 
 
 @dataclass(frozen=True)
 class Site:
-    """One ReLU call whose zero outputs can be predicted.
+    """One zero-producing activation call whose zero outputs can be predicted.
 
-    ``name`` is stable: the ReLU module's qualified name (``layer1.0.relu``), or for a functional
-    ReLU the enclosing module's name plus ``.relu``; a second call of the same module or name
+    ``name`` is stable: the activation module's qualified name (``layer1.0.relu``), or for a function
+    or method the enclosing module's name plus its kind (``.relu``, ``.relu6``, ``.hardtanh``,
+    ``.clamp``, a declared function's or method's name); a second call of the same module or name
     gets ``@1``, a third ``@2`` (torch.fx's own convention).
     """
 
@@ -57,20 +81,84 @@ def _modules(gm: fx.GraphModule) -> dict[str, nn.Module]:
     return dict(gm.named_modules())
 
 
-def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _arg(node: fx.Node, where: tuple[int, str] | None, default):
+    if where is None:
+        return default
+    position, keyword = where
+    return node.args[position] if len(node.args) > position else node.kwargs.get(keyword, default)
+
+
+def _zero_bounded(node: fx.Node, spec) -> bool:
+    """A clamp-like call whose lower bound is exactly 0 (and upper bound, if any, above 0)."""
+    _, low, high, default = spec
+    lower, upper = _arg(node, low, default), _arg(node, high, None)
+    numbers = all(v is None or isinstance(v, int | float) for v in (lower, upper))
+    return numbers and lower is not None and lower == 0 and (upper is None or upper > 0)
+
+
+def activation_kind(node: fx.Node, modules: dict[str, nn.Module], declared: Iterable[Activation] = ()) -> str | None:
+    """The short name of a zero-producing activation call (``relu``, ``relu6``, ``hardtanh``, ``clamp``,
+    or a declared one's name), or None where ``node`` is not one."""
+    declared = list(declared)
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), nn.ReLU)
+        m = modules.get(node.target)
+        types = tuple(d for d in declared if isinstance(d, type))
+        if isinstance(m, nn.ReLU) or (types and isinstance(m, types)):
+            return "relu"
+        if isinstance(m, nn.Hardtanh) and m.min_val == 0 and m.max_val > 0:
+            return "relu6" if isinstance(m, nn.ReLU6) else "hardtanh"
+        return None
     if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
+        if node.target in _RELU_FUNCTIONS:
+            return "relu"
+        if node.target in _BOUNDED_FUNCTIONS:
+            spec = _BOUNDED_FUNCTIONS[node.target]
+            return spec[0] if _zero_bounded(node, spec) else None
+        if any(node.target is d for d in declared if callable(d) and not isinstance(d, type)):
+            return getattr(node.target, "__name__", "activation")
+        return None
     if node.op == "call_method":
-        return node.target in _RELU_METHODS
-    return False
-
-
-def _conv(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Conv2d | None:
-    if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
-        return modules[node.target]
+        if node.target in _RELU_METHODS:
+            return "relu"
+        if node.target in _BOUNDED_METHODS:
+            spec = _BOUNDED_METHODS[node.target]
+            return spec[0] if _zero_bounded(node, spec) else None
+        return str(node.target) if node.target in {d for d in declared if isinstance(d, str)} else None
     return None
+
+
+def smooth_activations(gm: fx.GraphModule) -> list[str]:
+    """Names of the activations in ``gm`` that never output exact zeros (for the no-site error)."""
+    modules = _modules(gm)
+    found = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), _SMOOTH_MODULES):
+            found.append(type(modules[node.target]).__name__)
+        elif node.op == "call_function" and node.target in _SMOOTH_FUNCTIONS:
+            found.append(node.target.__name__)
+    return sorted(set(found))
+
+
+def _conv_macs(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """MACs per output of a conv call (``in_channels / groups * kh * kw``), None if ``node`` is none."""
+    if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
+        conv = modules[node.target]
+        kh, kw = conv.kernel_size
+        return conv.in_channels // conv.groups * kh * kw
+    if node.op == "call_function" and node.target in _CONV_FUNCTIONS:
+        weight = _arg(node, (1, "weight"), None)
+        meta = weight.meta.get("tensor_meta") if isinstance(weight, fx.Node) else None
+        if meta is not None and len(meta.shape) == 4:  # (out, in / groups, kh, kw)
+            return int(meta.shape[1] * meta.shape[2] * meta.shape[3])
+    return None
+
+
+def _conv_name(node: fx.Node) -> str:
+    """A module conv's qualified name; a functional one's weight attribute (``block.weight``) or node."""
+    if node.op == "call_module":
+        return str(node.target)
+    weight = _arg(node, (1, "weight"), None)
+    return str(weight.target) if isinstance(weight, fx.Node) and weight.op == "get_attr" else node.name
 
 
 def _passes_through(node: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node] | None:
@@ -96,7 +184,7 @@ def contributing_convs(relu: fx.Node, modules: dict[str, nn.Module]) -> list[fx.
         node = stack.pop()
         if node in path:
             continue
-        if _conv(node, modules) is not None:
+        if _conv_macs(node, modules) is not None:
             path.add(node)
             reached.append(node)
             continue
@@ -121,32 +209,31 @@ def contributing_convs(relu: fx.Node, modules: dict[str, nn.Module]) -> list[fx.
     return sorted((c for c in reached if feeds_only_path(c)), key=order.__getitem__)
 
 
-def _base_name(node: fx.Node) -> str:
+def _base_name(node: fx.Node, kind: str) -> str:
     if node.op == "call_module":
         return str(node.target)
     stack = node.meta.get("nn_module_stack") or {}
     scope = next(reversed(stack.values()))[0] if stack else ""
-    return f"{scope}.relu" if scope else "relu"
+    return f"{scope}.{kind}" if scope else kind
 
 
-def _macs_per_output(conv: nn.Conv2d) -> int:
-    kh, kw = conv.kernel_size
-    return conv.in_channels // conv.groups * kh * kw
-
-
-def find_sites(gm: fx.GraphModule) -> list[Site]:
-    """Sites of a traced graph whose nodes carry ``tensor_meta`` (run ShapeProp first)."""
+def find_sites(gm: fx.GraphModule, activations: Iterable[Activation] = ()) -> list[Site]:
+    """Sites of a traced graph whose nodes carry ``tensor_meta`` (run ShapeProp first); ``activations``
+    declares more zero-producing activations (module classes, functions, method names)."""
     modules = _modules(gm)
+    declared = list(activations)
     found = []
     for node in gm.graph.nodes:
-        if is_relu(node, modules) and len(node.meta["tensor_meta"].shape) == 4:
+        kind = activation_kind(node, modules, declared)
+        meta = node.meta.get("tensor_meta")
+        if kind is not None and meta is not None and len(meta.shape) == 4:
             convs = contributing_convs(node, modules)
             if convs:
-                found.append((node, convs))
+                found.append((node, kind, convs))
     seen: Counter[str] = Counter()
     sites = []
-    for node, convs in found:
-        base = _base_name(node)
+    for node, kind, convs in found:
+        base = _base_name(node, kind)
         name = base if seen[base] == 0 else f"{base}@{seen[base]}"
         seen[base] += 1
         sites.append(
@@ -154,8 +241,8 @@ def find_sites(gm: fx.GraphModule) -> list[Site]:
                 index=len(sites),
                 name=name,
                 shape=tuple(int(s) for s in node.meta["tensor_meta"].shape[1:]),
-                macs_per_output=sum(_macs_per_output(modules[c.target]) for c in convs),
-                convs=tuple(str(c.target) for c in convs),
+                macs_per_output=sum(_conv_macs(c, modules) for c in convs),
+                convs=tuple(_conv_name(c) for c in convs),
                 node=node.name,
             )
         )

@@ -13,8 +13,8 @@ from .errors import CrossneuronError
 class _Tracer(fx.Tracer):
     """A tracer that treats chosen modules as leaves and remembers where tracing failed."""
 
-    def __init__(self, leaf_modules: Iterable[str | type] = ()):
-        super().__init__()
+    def __init__(self, leaf_modules: Iterable[str | type] = (), functions: Iterable = ()):
+        super().__init__(autowrap_functions=tuple(functions))
         self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
         self.failed_at: tuple[str, str] | None = None
@@ -33,14 +33,15 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
+def trace(model: nn.Module, leaf_modules: Iterable[str | type] = (), functions: Iterable = ()) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule that shares its submodules and parameters.
 
     A model FX cannot trace raises one CrossneuronError naming the innermost module whose forward
     failed and how to mark it as a leaf (a leaf is called as a black box: ReLUs inside it are not
-    sites).
+    sites). ``functions`` are called as black boxes too (one node each; torch.fx's ``autowrap_functions``:
+    module-level functions only).
     """
-    tracer = _Tracer(leaf_modules)
+    tracer = _Tracer(leaf_modules, functions)
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one clear line

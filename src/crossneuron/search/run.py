@@ -94,9 +94,9 @@ class Search:
         if screened or "milp" in options.optimizers:  # one gradient pass serves both
             from .screen import Screen
 
-            modes = [get_mode(m) for m in options.modes]  # the finest granularity a mode asks for
-            model = Screen(net, engine.batches, list(self.space.codes), self.space.sides,
-                           channels=any(m.by_channel for m in modes), blocks=any(m.by_block for m in modes))  # fmt: skip
+            modes = [get_mode(m) for m in options.modes]  # keep the finest granularity a mode asks for
+            split = {"channels": any(m.by_channel for m in modes), "blocks": any(m.by_block for m in modes)}
+            model = Screen(net, engine.batches, list(self.space.codes), self.space.sides, **split)
             screener = model if screened else None
         eps = max(options.eps)
         self.budget = get_budget(options.budget)
