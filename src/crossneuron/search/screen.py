@@ -105,30 +105,32 @@ class Screen:
         return acts, dict(zip(keys, (g.detach() for g in grads), strict=True)), margin.detach()
 
     def _tables(self, site, a: torch.Tensor, g: torch.Tensor, p: int, side: int):
+        """Per pattern: margin change per image, MACs saved and mispredictions, by channel and block.
+
+        A patch is predicted where none of the pattern's computed positions is non-zero: with each
+        patch's non-zero positions as bits (bit ``i * p + j``, the pattern codes' own order), where
+        ``nonzero & code == 0``. Its computed positions are then zero, so their ``g * a`` is 0 and the
+        margin moves by the whole patch's ``-sum(g * a)``; its mispredictions are all its non-zeros."""
         _, hp, wp = self.net.spatial(site).mask.shape
         h, w = a.shape[-2:]
         pad = (0, wp - w, 0, hp - h)
         nz = F.pad(a != 0, pad)
         ga = F.pad(g * a, pad)
         real = F.pad(torch.ones(h, w, dtype=torch.int64, device=a.device), pad)
-        sub = {(i, j): (nz[..., i::p, j::p], ga[..., i::p, j::p], real[i::p, j::p]) for i in range(p) for j in range(p)}
+        bits = count = ga_patch = 0
+        for i in range(p):
+            for j in range(p):
+                nzs = nz[..., i::p, j::p].to(torch.int32)
+                bits, count, ga_patch = bits + (nzs << (i * p + j)), count + nzs, ga_patch + ga[..., i::p, j::p]
+        per_block = side // p
         deltas, macs, wrong = [], [], []
         for code in self.codes:
             pattern = code_to_pattern(code, p)
-            computed = None
-            nonzero = ga_sum = real_sum = 0
-            for (i, j), (nzs, gas, reals) in sub.items():
-                if pattern[i, j]:
-                    computed = nzs if computed is None else computed | nzs
-                else:
-                    nonzero = nonzero + nzs.to(torch.int64)
-                    ga_sum = ga_sum + gas
-                    real_sum = real_sum + reals
-            pred = ~computed
-            per_block = side // p
-            deltas.append(self._kept(_block_sum(-(pred * ga_sum), per_block)))
-            macs.append(self._kept(_block_sum(pred * real_sum, per_block).sum(0) * site.macs_per_output))
-            wrong.append(self._kept(_block_sum(pred * nonzero, per_block).sum(0)))
+            real_sum = sum(real[i::p, j::p] for i in range(p) for j in range(p) if not pattern[i, j])
+            pred = (bits & code) == 0
+            deltas.append(self._kept(_block_sum(-(pred * ga_patch), per_block)))
+            macs.append(self._kept(_block_sum(pred.sum(0) * real_sum, per_block) * site.macs_per_output))
+            wrong.append(self._kept(_block_sum((pred * count).sum(0), per_block)))
         return torch.stack(deltas).float(), torch.stack(macs), torch.stack(wrong)
 
     def _kept(self, t: torch.Tensor) -> torch.Tensor:
