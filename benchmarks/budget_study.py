@@ -34,8 +34,16 @@ def cell_folder(out: Path, mode: str, calib: int, budget: str, optimizer: str = 
     return out / f"{mode}{kind}-c{calib}-{budget.replace(':', '')}"
 
 
-def run_cell(ctx, out: Path, mode: str, calib: int, budget: str, eps: list[float], optimizer: str = "layer",
-             patch: dict | None = None) -> dict:
+def run_cell(
+    ctx,
+    out: Path,
+    mode: str,
+    calib: int,
+    budget: str,
+    eps: list[float],
+    optimizer: str = "layer",
+    patch: dict | None = None,
+) -> dict:
     """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone."""
     folder = cell_folder(out, mode, calib, budget, optimizer)
     if (folder / "summary.json").is_file():
