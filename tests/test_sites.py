@@ -69,6 +69,43 @@ def test_functional_inplace_method_and_excluded_convs():
         ("relu@2", 36, ("d",)),
     ]
     assert net.sites[2].shape == (4, 4, 4)
+    assert net.skipped == [  # the two ReLUs that are not sites, each with its reason
+        (
+            "relu (fx node relu_1)",
+            "the output of c is also read elsewhere, so predicting zeros here saves none of its MACs",
+        ),
+        (
+            "relu (fx node relu_2)",
+            "the walk back to a conv stops at max_pool2d (only BatchNorm, identity-like ops and adds pass)",
+        ),
+    ]
+
+
+class Concat(nn.Module):
+    """A BN-ReLU after a concatenation of two convs (not counted per slice yet), a ReLU on the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(3, 2, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        return y.mean((2, 3)) + F.relu(x).mean((2, 3))[:, :1]
+
+
+def test_activations_that_are_not_sites_say_why_never_a_wrong_count():
+    with pytest.raises(CrossneuronError, match="has no site"):
+        cn.attach(Concat(), (3, 8, 8))
+    net = cn.attach(nn.Sequential(Concat(), nn.Unflatten(1, (4, 1, 1)), nn.Conv2d(4, 4, 1), nn.ReLU()), (3, 8, 8))
+    assert [s.name for s in net.sites] == ["3"]
+    assert net.skipped == [
+        (
+            "0.relu (fx node relu)",
+            "it follows a concatenation of conv outputs (per-slice MACs per output are not counted yet)",
+        ),
+        ("0.relu (fx node relu_1)", "no conv lies between the model input and it"),
+    ]
 
 
 class Untraceable(nn.Module):

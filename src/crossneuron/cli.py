@@ -59,6 +59,7 @@ def site_table(net) -> dict:
     ]
     return {
         "sites": rows,
+        "not_sites": [{"activation": name, "why": why} for name, why in net.skipped],
         "network_macs": total,
         "site_macs": net.site_macs,
         "site_share_of_network_pct": pct(net.site_macs, 1, total),
@@ -94,6 +95,8 @@ def sites(
         f"network MACs/image: {data['network_macs']:,}   site MACs/image: {data['site_macs']:,} "
         f"({data['site_share_of_network_pct']:.3f}% of network)"
     )
+    for row in data["not_sites"]:
+        typer.echo(f"not a site: {row['activation']}: {row['why']}")
 
 
 def main() -> None:

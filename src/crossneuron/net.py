@@ -14,7 +14,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .errors import CrossneuronError
 from .macs import counting, macs_of, pct
 from .patterns import check_patch_size
-from .sites import Activation, Site, find_sites, smooth_activations
+from .sites import Activation, Site, find_sites, skipped_activations, smooth_activations
 from .spatial import Spatial
 from .tracing import trace
 
@@ -113,6 +113,7 @@ class PredictiveNet(nn.Module):
         self.patch_size = patch_size
         self.input_shape = tuple(input_shape)
         self.network_macs = macs
+        self.skipped: list[tuple[str, str]] = []  # zero-producing activations that are not sites: (node, why)
         self._by_name = {s.name: s for s in sites}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +265,7 @@ def attach(
     gm = trace(model, [*leaf_modules, *(a for a in activations if isinstance(a, type))], functions)
     macs = _shape_prop(gm, shape)
     sites = find_sites(gm, activations)
+    skipped = skipped_activations(gm, activations)  # zero-producing activations that are not sites, and why
     if not sites:
         smooth = smooth_activations(gm)
         why = f"; {', '.join(smooth)} never output exact zeros" if smooth else ""
@@ -286,4 +288,6 @@ def attach(
             new = gm.graph.call_module(f"{_SPATIAL}.{site.index}", (relu,))
         relu.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
     gm.recompile()
-    return PredictiveNet(gm, sites, p, shape, macs)
+    net = PredictiveNet(gm, sites, p, shape, macs)
+    net.skipped = skipped
+    return net

@@ -209,6 +209,60 @@ def contributing_convs(relu: fx.Node, modules: dict[str, nn.Module]) -> list[fx.
     return sorted((c for c in reached if feeds_only_path(c)), key=order.__getitem__)
 
 
+def why_not_site(act: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """Why a zero-producing activation is not a site (it has no contributing conv), in words. The walk
+    here also crosses concatenations, to tell a conv that only a concatenation hides from one that
+    other layers read too."""
+    path: set[fx.Node] = set()
+    stack = [act.args[0]] if act.args and isinstance(act.args[0], fx.Node) else []
+    convs, stops, crossed = [], [], False
+    while stack:
+        node = stack.pop()
+        if node in path:
+            continue
+        path.add(node)
+        if _conv_macs(node, modules) is not None:
+            convs.append(node)
+            continue
+        if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+            crossed = True
+            stack.extend(i for i in node.args[0] if isinstance(i, fx.Node))
+            continue
+        inputs = _passes_through(node, modules)
+        if inputs is None:
+            stops.append(node)
+        else:
+            stack.extend(i for i in inputs if isinstance(i, fx.Node))
+    shared = [c for c in convs if any(u is not act and u not in path for u in c.users)]
+    if convs and len(shared) < len(convs) and crossed:
+        return "it follows a concatenation of conv outputs (per-slice MACs per output are not counted yet)"
+    if shared:
+        names = ", ".join(_conv_name(c) for c in shared[:3]) + (", ..." if len(shared) > 3 else "")
+        return f"the output of {names} is also read elsewhere, so predicting zeros here saves none of its MACs"
+    if any(n.op == "placeholder" for n in stops):
+        return "no conv lies between the model input and it"
+    kinds = sorted({str(n.target) if n.op == "call_module" else getattr(n.target, "__name__", str(n.target))
+                    for n in stops})  # fmt: skip
+    return f"the walk back to a conv stops at {', '.join(kinds)} (only BatchNorm, identity-like ops and adds pass)"
+
+
+def skipped_activations(gm: fx.GraphModule, activations: Iterable[Activation] = ()) -> list[tuple[str, str]]:
+    """Zero-producing activations on 4-D maps that are not sites: (name, why), in graph order; a module's
+    name, or a function's or method's scope and kind with its fx node (sites number theirs, these do not)."""
+    modules = _modules(gm)
+    declared = list(activations)
+    out = []
+    for node in gm.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        if activation_kind(node, modules, declared) is None or meta is None or len(meta.shape) != 4:
+            continue
+        if not contributing_convs(node, modules):
+            kind = activation_kind(node, modules, declared)
+            name = str(node.target) if node.op == "call_module" else f"{_base_name(node, kind)} (fx node {node.name})"
+            out.append((name, why_not_site(node, modules)))
+    return out
+
+
 def _base_name(node: fx.Node, kind: str) -> str:
     if node.op == "call_module":
         return str(node.target)
