@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crossneuron.context import open_checkpoint
 from crossneuron.fsutil import write_json
-from crossneuron.optimize import optimize
+from crossneuron.runfolder import optimize
 from crossneuron.search.options import SearchOptions
 
 

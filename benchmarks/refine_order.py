@@ -26,7 +26,7 @@ import torch
 
 from crossneuron.context import open_checkpoint
 from crossneuron.evaluate import measure
-from crossneuron.optimize import check_images, optimize
+from crossneuron.runfolder import check_images, optimize
 from crossneuron.result import attach_result, load_result
 from crossneuron.search.options import SearchOptions
 
@@ -83,7 +83,7 @@ def trace_all(args) -> None:
     copy of each database (an evaluation not found there would be an error, not a silent new one)."""
     import tempfile
 
-    from crossneuron.optimize import make_engine
+    from crossneuron.runfolder import make_engine
     from crossneuron.search.budget import NET
     from crossneuron.search.quantize import move_key
     from crossneuron.search.run import Search

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from crossneuron.context import open_checkpoint
-from crossneuron.optimize import make_engine
+from crossneuron.runfolder import make_engine
 from crossneuron.search.options import SearchOptions
 from crossneuron.search.run import Search
 from crossneuron.search.store import Store

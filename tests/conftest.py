@@ -46,7 +46,7 @@ def ckpt(tmp_path_factory):
 def full_run(ckpt, tmp_path_factory):
     """Every mode, exact, naive engine (the reference the other engines and options are checked against)."""
     from crossneuron.context import open_checkpoint
-    from crossneuron.optimize import optimize
+    from crossneuron.runfolder import optimize
     from crossneuron.search.modes import MODES
     from crossneuron.search.options import SearchOptions
 
@@ -60,7 +60,7 @@ def full_run(ckpt, tmp_path_factory):
 def screened_run(ckpt, tmp_path_factory):
     """Every mode, screened, fast engine (the report reads it too)."""
     from crossneuron.context import open_checkpoint
-    from crossneuron.optimize import optimize
+    from crossneuron.runfolder import optimize
     from crossneuron.search.modes import MODES
     from crossneuron.search.options import SearchOptions
 

@@ -9,7 +9,7 @@ import pytest
 
 import crossneuron as cn
 from crossneuron.context import open_checkpoint
-from crossneuron.optimize import calibration, optimize
+from crossneuron.runfolder import calibration, optimize
 from crossneuron.result import load_result, result_masks
 from crossneuron.search.budget import get_budget
 from crossneuron.search.engine import NaiveEngine

@@ -105,7 +105,7 @@ def test_a_mode_added_to_the_registry_alone_runs_through_every_stage(full_run, t
     """A new entry (the same targets as uniform-filters under another name) is searched with no other change,
     and makes exactly uniform-filters' records: the registry, not code per mode, drives the search."""
     from crossneuron.context import open_checkpoint
-    from crossneuron.optimize import optimize
+    from crossneuron.runfolder import optimize
 
     _, reference, _ = full_run
     monkeypatch.setitem(MODES, "blocks", Mode("blocks", False, True, ("patch",), "test mode"))

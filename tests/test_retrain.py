@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from crossneuron.cli import app
 from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
-from crossneuron.optimize import optimize
+from crossneuron.runfolder import optimize
 from crossneuron.retrain import retrain
 from crossneuron.search.options import SearchOptions
 

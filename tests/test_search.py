@@ -15,7 +15,7 @@ import crossneuron as cn
 from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
 from crossneuron.evaluate import measure
-from crossneuron.optimize import calibration, check_images, optimize
+from crossneuron.runfolder import calibration, check_images, optimize
 from crossneuron.result import load_result, result_masks
 from crossneuron.search.modes import MODES
 from crossneuron.search.options import SearchOptions
@@ -405,7 +405,7 @@ def test_slope_candidates_are_pareto_optimal_by_brute_force(ckpt, tmp_path):
     none) per block, enumerated by brute force, saves at least as much with fewer mispredictions."""
     import itertools
 
-    from crossneuron.optimize import make_engine
+    from crossneuron.runfolder import make_engine
     from crossneuron.search.run import Search
     from crossneuron.search.stages import first_level, quantize
     from crossneuron.search.store import Store
@@ -498,7 +498,7 @@ def test_a_second_writer_on_a_folder_is_refused_naming_the_first(ckpt, tmp_path)
 
 
 def test_check_images_are_held_out_fixed_by_seed_and_the_same_for_any_calibration_size():
-    from crossneuron.optimize import _calibration_positions, check_positions
+    from crossneuron.runfolder import _calibration_positions, check_positions
 
     for calib in (10, 200, 4000):
         check = check_positions(5000, calib, seed=3)

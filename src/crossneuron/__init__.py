@@ -5,6 +5,7 @@ from .models import MODELS, build_model, model_names
 from .net import PredictiveNet, SiteStats, Stats, attach
 from .patterns import code_to_pattern, diagonal, enumerate_patterns, pattern_codes, pattern_to_code
 from .sites import Site
+from .tensors import optimize
 
 __version__ = "0.5.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "diagonal",
     "enumerate_patterns",
     "model_names",
+    "optimize",
     "pattern_codes",
     "pattern_to_code",
 ]

@@ -309,7 +309,7 @@ def optimize(
     """Search prediction masks that save the most MACs within each epsilon."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from . import optimize as opt
+    from . import runfolder as opt
     from .context import open_checkpoint
     from .search.modes import parse_modes
     from .search.options import SearchOptions

@@ -20,7 +20,7 @@ import numpy as np
 
 from .context import Context
 from .evaluate import correct_count
-from .optimize import make_engine
+from .runfolder import make_engine
 from .search.evaluator import Space, min_correct, near_boundary
 from .search.modes import get_mode
 from .search.options import SearchOptions

@@ -54,7 +54,10 @@ def split_arrays(arrays: Arrays, split: Split, name: str) -> tuple[torch.Tensor,
 
 
 def normalise(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    """uint8 (N, C, H, W) -> float, scaled to [0, 1] and standardised per channel. Float images are
+    taken as already normalised (the Python ``optimize`` call's tensors) and returned as they are."""
+    if x.is_floating_point():
+        return x
     mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
     return (x.float() / 255 - mean) / std
