@@ -26,8 +26,8 @@ import torch
 
 from crossneuron.context import open_checkpoint
 from crossneuron.evaluate import measure
-from crossneuron.runfolder import check_images, optimize
 from crossneuron.result import attach_result, load_result
+from crossneuron.runfolder import check_images, optimize
 from crossneuron.search.options import SearchOptions
 
 

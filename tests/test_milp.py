@@ -9,8 +9,8 @@ import pytest
 
 import crossneuron as cn
 from crossneuron.context import open_checkpoint
-from crossneuron.runfolder import calibration, optimize
 from crossneuron.result import load_result, result_masks
+from crossneuron.runfolder import calibration, optimize
 from crossneuron.search.budget import get_budget
 from crossneuron.search.engine import NaiveEngine
 from crossneuron.search.milp import Problem, allowed_lost, greedy, solve

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from crossneuron.cli import app
 from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
-from crossneuron.runfolder import optimize
 from crossneuron.retrain import retrain
+from crossneuron.runfolder import optimize
 from crossneuron.search.options import SearchOptions
 
 

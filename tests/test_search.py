@@ -15,8 +15,8 @@ import crossneuron as cn
 from crossneuron.context import open_checkpoint
 from crossneuron.errors import CrossneuronError
 from crossneuron.evaluate import measure
-from crossneuron.runfolder import calibration, check_images, optimize
 from crossneuron.result import load_result, result_masks
+from crossneuron.runfolder import calibration, check_images, optimize
 from crossneuron.search.modes import MODES
 from crossneuron.search.options import SearchOptions
 from crossneuron.splits import normalise

@@ -53,7 +53,7 @@ def test_python_call_gives_the_cli_records_and_results_resumes_and_refuses_other
 
 def test_python_call_bad_inputs_are_one_clear_error(ckpt, tmp_path):
     ctx = open_checkpoint(ckpt)
-    (xv, yv), (xt, yt) = ctx.data("val"), ctx.data("test")
+    xv, yv = ctx.data("val")
     val, test = tensors(ctx)
     with pytest.raises(CrossneuronError, match="images must be float"):
         cn.optimize(ctx.model, val=(xv, yv), test=test, out=tmp_path / "a")  # uint8: not normalised

@@ -18,8 +18,8 @@ from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
 from .fsutil import folder_lock, write_json
-from .runfolder import calibration, check_images, optimize
 from .result import Result, attach_result, load_result, write_result
+from .runfolder import calibration, check_images, optimize
 from .search.options import SearchOptions
 from .train import TrainConfig, train
 
