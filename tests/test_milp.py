@@ -106,3 +106,14 @@ def test_tighten_shrinks_the_allowance_by_the_models_undercount_then_raises_the_
     assert tighten(1, 0.0, lost(5), 2.0) == (0, 0.0)
     assert tighten(0, 0.0, lost(3), 2.0) == (0, 0.25) and tighten(0, 0.25, lost(3), 2.0) == (0, 0.5)
     assert tighten(0, 40.0, lost(3), 2.0) is None
+
+
+def test_loosen_grows_the_allowance_by_the_models_overcount():
+    from crossneuron.search.milp import loosen
+
+    assert loosen(10, 1.0, 10, 900) == 100  # the model let 10 go, the network lost 1 of the 10 allowed
+    assert loosen(10, 4.0, 10, 900) == 25
+    assert loosen(5, 20.0, 10, 900) == 6  # charged beyond the cap yet within (rounding): one more at least
+    assert loosen(10, 0.0, 10, 900) == 110  # nothing charged (net gain): a big step, bisection follows
+    assert loosen(0, 0.0, 0, 900) == 1  # eps 0 under flips: try one image in the model
+    assert loosen(850, 1.0, 10, 900) == 900 and loosen(900, 1.0, 10, 900) is None

@@ -18,8 +18,10 @@ same count of lost images, see ``allowed_lost``)::
 with M[i] the most the margin can fall below ``tau``. ``solve`` is the pure solver (HiGHS, started
 above a greedy choice's MACs); the stage
 (``stages.milp_stage``) evaluates each solution exactly and, where it breaks the budget, tightens
-(fewer lost images allowed, then a larger ``tau``) and solves again; every exact evaluation joins
-the trajectory, so ``pick`` chooses among them like among refine's steps.
+(fewer lost images allowed, then a larger ``tau``) and solves again; where it keeps the budget with
+room to spare (the first-order model is often pessimistic), it loosens (more images allowed in the
+model) until a solution breaks the budget, then bisects between the two; every exact evaluation
+joins the trajectory, so ``pick`` chooses among them like among refine's steps.
 """
 
 from __future__ import annotations
@@ -153,6 +155,17 @@ def allowed_lost(accepts: Callable[[EvalResult], bool], base: EvalResult) -> int
             break
         best = lost
     return best
+
+
+def loosen(allowed: int, charged: float, cap: int, most: int) -> int | None:
+    """The next allowance after an exact evaluation kept the budget with room to spare: the model let
+    ``allowed`` images go where the rule charged the network only ``charged`` images (its charge in
+    images) of the ``cap`` it allows, so allow ``allowed`` x cap / charged (at least one more, at most
+    ``most``: the images any choice could lose); None when nothing is left to loosen."""
+    if allowed >= most:
+        return None
+    grown = allowed * cap / charged if charged >= 1 else allowed * max(cap, 2) + cap
+    return min(most, max(allowed + 1, int(grown)))
 
 
 def tighten(allowed: int, tau: float, result: EvalResult, scale: float) -> tuple[int, float] | None:

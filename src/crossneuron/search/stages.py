@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .evaluator import Evaluator, Space, config_hash
-from .milp import Problem, allowed_lost, solve, tighten
+from .milp import Problem, allowed_lost, loosen, solve, tighten
 from .modes import QUANTIZERS, Key, Mode
 from .options import SearchOptions
 from .plan import Piece, SitePlan
@@ -197,8 +197,9 @@ def with_seed(st: Stages, mode: str, options: dict[int, list[Option]],
 def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by_step: list,
                start: int) -> list[Step]:  # fmt: skip
     """The milp optimiser (``milp.py``) for each epsilon, smallest first: solve, evaluate the choice
-    exactly; while it breaks the budget, tighten and solve again; once one is within, bisect the
-    lost-image allowance between it and the last that failed (at most ``milp_rounds`` solves).
+    exactly; while it breaks the budget, tighten and solve again; while it keeps the budget and none
+    has failed yet, loosen; once there is a verified allowance and a failed one, bisect between them
+    (at most ``milp_rounds`` solves).
     Records are keyed by their masks (``candidate`` = a prefix of the plans' hash), so a resumed run
     finds them whatever the solver's timing. Steps numbered from ``start``; with nothing before
     them, the first step is no prediction (always within)."""
@@ -228,8 +229,9 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
 
     if start == 0:
         evaluate([None] * len(sites), max(st.options.eps))
+    most = int((problem.base_hit & (problem.margin >= 0)).sum())  # images any choice could lose
     for eps in sorted(st.options.eps):
-        allowed = allowed_lost(lambda r, eps=eps: st.ev.budget.within(r, st.base, eps), st.base)
+        cap = allowed = allowed_lost(lambda r, eps=eps: st.ev.budget.within(r, st.base, eps), st.base)
         tau, good, bad = 0.0, None, None  # the largest allowance verified within eps, the smallest not
         for _ in range(st.options.milp_rounds):
             choice = solve(problem, allowed, tau, st.options.milp_seconds)
@@ -238,9 +240,16 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
             result = evaluate(choice, eps)
             if st.ev.budget.within(result, st.base, eps):
                 good = allowed
-                if bad is None or bad - good <= 1 or tau > 0:
+                if tau > 0 or (bad is not None and bad - good <= 1):
                     break
-                allowed = (good + bad) // 2  # verified: try between it and the last allowance that failed
+                if bad is None:  # room to spare: the model was pessimistic, allow more
+                    charged = st.ev.budget.charge(result, st.base) * st.base.images / 100.0
+                    following = loosen(allowed, charged, cap, most)
+                    if following is None:
+                        break
+                    allowed = following
+                else:
+                    allowed = (good + bad) // 2  # verified: try between it and the last allowance that failed
                 continue
             bad = allowed if tau == 0 else bad
             following = tighten(allowed, tau, result, scale)
