@@ -68,7 +68,13 @@ def site_table(net) -> dict:
 
 @app.command()
 def sites(
-    model: Annotated[str, typer.Option(help="registry model name (alexnet, vgg16, resnet18, ...)")] = "resnet18",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="registry model name (alexnet, vgg16, resnet18, ...), "
+            "path/to/file.py:factory, package.module:factory or timm:name"
+        ),
+    ] = "resnet18",
     input_shape: Annotated[str, typer.Option(help="C,H,W of one input image")] = "3,32,32",
     num_classes: Annotated[int, typer.Option(help="number of output classes")] = 10,
     width: Annotated[float, typer.Option(help="channel width multiplier")] = 1.0,
@@ -130,7 +136,9 @@ OtherData = Annotated[
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="registry model name")],
+    model: Annotated[
+        str, typer.Option(help="registry model name, path/to/file.py:factory, package.module:factory or timm:name")
+    ],
     dataset: Annotated[str, typer.Option(help="registry dataset name")],
     out: Annotated[str, typer.Option(help="checkpoint folder to write")],
     width: float = 1.0,
@@ -143,7 +151,12 @@ def train(
     data_root: DataRoot = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     fp32: Annotated[bool, typer.Option(help="store weights in fp32 (default fp16)")] = False,
-    weights: Annotated[str | None, typer.Option(help="start from torchvision weights, e.g. IMAGENET1K_V1")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="start from a weights file (.safetensors or a state_dict) or torchvision's, e.g. IMAGENET1K_V1"
+        ),
+    ] = None,
     download: Annotated[bool, typer.Option(help="download the dataset with torchvision (network)")] = False,
     stop_after: Annotated[int | None, typer.Option(help="pause after this many epochs (resume with --resume)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar; one line per epoch")] = False,

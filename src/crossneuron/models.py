@@ -186,7 +186,14 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, num_classes: int = 10, input_shape=(3, 32, 32), width: float = 1.0) -> nn.Module:
-    """A fresh model from the registry (CIFAR stem when the input is at most 64 px a side)."""
+    """A fresh model from the registry (CIFAR stem when the input is at most 64 px a side), or from a
+    user's factory or timm (``file.py:factory``, ``package.module:factory``, ``timm:name``: width 1)."""
+    from .usermodels import build_user_model, is_user_model
+
+    if is_user_model(name):
+        if width != 1.0:
+            raise CrossneuronError(f"--width applies to registry models only; {name} is built as its factory builds it")
+        return build_user_model(name, num_classes)
     spec = MODELS.get(ALIASES.get(name, name))
     if spec is None:
         raise CrossneuronError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")

@@ -22,6 +22,7 @@ from .evaluate import correct_count
 from .fsutil import atomic_write, folder_lock, write_json
 from .models import build_model, load_pretrained
 from .splits import batches, make_split, split_arrays
+from .usermodels import canonical, is_user_model, load_weights_file
 
 STATE = "train_state.pt"
 
@@ -40,13 +41,16 @@ class TrainConfig:
     val_size: int | None = None  # None: the dataset's default (5,000 for the real ones)
     device: str = "cpu"
     half: bool = True  # store weights in fp16 (loaded back as fp32)
-    weights: str | None = None  # torchvision pretrained weights to start from (ImageNet layout)
+    weights: str | None = None  # a weights file (safetensors / state_dict), or torchvision's (IMAGENET1K_V1)
     init: str | None = None  # a checkpoint folder to start from (retraining)
     masks: str | None = None  # a search's result.json: train with those masks predicting (retraining)
 
     def check(self) -> None:
         if self.epochs < (0 if self.weights else 1):
             raise CrossneuronError(f"--epochs must be at least 1 (0 only with --weights), got {self.epochs}")
+        if self.weights and (Path(self.weights).suffix in (".safetensors", ".pt", ".pth", ".bin")) \
+                and not Path(self.weights).is_file():  # fmt: skip
+            raise CrossneuronError(f"--weights {self.weights} is not a file")
         if self.batch_size < 1:
             raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -93,6 +97,7 @@ def train(
     ``log`` receives one line per epoch (for logs where no progress bar shows).
     """
     cfg.check()
+    cfg.model = canonical(cfg.model)  # a model file by its absolute path: the checkpoint finds it anywhere
     out = Path(out)
     spec = dataset_spec(cfg.dataset)
     if cfg.val_size is None:
@@ -128,7 +133,9 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
     if str(cfg.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     model = build_model(cfg.model, spec.num_classes, spec.input_shape, cfg.width)
-    if cfg.weights:
+    if cfg.weights and (Path(cfg.weights).is_file() or is_user_model(cfg.model)):
+        load_weights_file(model, cfg.weights)  # the user's own file (safetensors or a state_dict)
+    elif cfg.weights:
         load_pretrained(model, cfg.model, cfg.weights)
     if cfg.init:
         model.load_state_dict(checkpoint.load(cfg.init)[0].state_dict())
