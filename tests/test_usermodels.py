@@ -95,3 +95,53 @@ def test_weights_that_do_not_fit_or_are_not_tensors_are_refused(user_files, cli,
         code, _, err = cli("train", "--model", f"{folder}/mine.py:small", "--dataset", "synthetic", "--epochs", "0",
                            "--weights", str(tmp_path / weights), "--out", str(tmp_path / "c"), "--quiet")  # fmt: skip
         assert code == 2 and says in err, err
+
+
+def image_folder(root, per_class=(12, 4)):
+    """DIR/train/<class>/*.png and DIR/val/<class>/*.png: red-ish and blue-ish 20x24 images."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for part, n in zip(("train", "val"), per_class, strict=True):
+        for k, cls in enumerate(("blue", "red")):
+            (root / part / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 100, (20, 24, 3), generator=g, dtype=torch.uint8)
+                pixels[..., 2 * (1 - k)] += 150
+                Image.fromarray(pixels.numpy()).save(root / part / cls / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_trains_and_every_command_reads_it_from_anywhere(tmp_path, cli, monkeypatch):
+    folder = image_folder(tmp_path / "imgs")
+    ckpt = tmp_path / "ckpt"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "--model", "resnet18", "--width", "0.125", "--dataset", "imagefolder:imgs",
+                       "--input-size", "16", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--epochs", "1",
+                       "--batch-size", "8", "--out", str(ckpt), "--quiet")  # fmt: skip
+    assert code == 0, err
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["dataset"] == f"imagefolder:{folder.resolve()}" and meta["input_shape"] == [3, 16, 16]
+    assert meta["num_classes"] == 2 and meta["mean"] == [0.5, 0.5, 0.5] and meta["val_size"] == 4  # 24 // 5
+    monkeypatch.chdir(folder / "train")  # elsewhere: the folder is found by its recorded path
+    code, out, err = cli("evaluate", "--checkpoint", str(ckpt), "--split", "test", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == 8
+    from crossneuron.context import open_checkpoint
+    from crossneuron.formats import LazyImages
+
+    x, y = open_checkpoint(ckpt).data("test")
+    images = x.load() if isinstance(x, LazyImages) else x
+    assert images.shape == (8, 3, 16, 16) and y.tolist() == [0] * 4 + [1] * 4  # classes sorted: blue, red
+    assert (images[4:, 0].float().mean() > images[4:, 2].float().mean()) and \
+        (images[:4, 2].float().mean() > images[:4, 0].float().mean())  # fmt: skip
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--dataset", "imagefolder:nowhere"], "is not in ImageFolder layout"),
+    (["--dataset", "synthetic", "--input-size", "16"], "apply to --dataset imagefolder:DIR only"),
+    (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+])  # fmt: skip
+def test_bad_image_folder_options_are_one_clear_line(cli, tmp_path, args, says):
+    code, _, err = cli("train", "--model", "resnet18", *args, "--epochs", "1", "--out", str(tmp_path / "c"))
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err

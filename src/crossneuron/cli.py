@@ -139,7 +139,9 @@ def train(
     model: Annotated[
         str, typer.Option(help="registry model name, path/to/file.py:factory, package.module:factory or timm:name")
     ],
-    dataset: Annotated[str, typer.Option(help="registry dataset name")],
+    dataset: Annotated[
+        str, typer.Option(help="registry dataset name, or imagefolder:DIR (DIR/train/<class>/*, DIR/val/<class>/*)")
+    ],
     out: Annotated[str, typer.Option(help="checkpoint folder to write")],
     width: float = 1.0,
     epochs: int = 10,
@@ -160,13 +162,17 @@ def train(
     download: Annotated[bool, typer.Option(help="download the dataset with torchvision (network)")] = False,
     stop_after: Annotated[int | None, typer.Option(help="pause after this many epochs (resume with --resume)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar; one line per epoch")] = False,
+    input_size: Annotated[int | None, typer.Option(help="imagefolder:DIR only: image side (default 224)")] = None,
+    mean: Annotated[str | None, typer.Option(help="imagefolder:DIR only: R,G,B mean (default ImageNet's)")] = None,
+    std: Annotated[str | None, typer.Option(help="imagefolder:DIR only: R,G,B std (default ImageNet's)")] = None,
 ):
     """Train a model; a checkpoint each epoch; metrics.json with val and test accuracy at the end."""
     from .train import TrainConfig
     from .train import train as run
 
     cfg = TrainConfig(model, dataset, width, epochs, batch_size, lr, seed=seed, val_size=val_size, device=device,
-                      half=not fp32, weights=weights)  # fmt: skip
+                      half=not fp32, weights=weights, input_size=input_size, mean=_floats(mean, "--mean") if mean
+                      else None, std=_floats(std, "--std") if std else None)  # fmt: skip
     log = (lambda line: typer.echo(line, err=True)) if quiet or not sys.stderr.isatty() else None
     metrics = run(cfg, out, data_root, download, resume, quiet or not sys.stderr.isatty(), stop_after, log)
     if metrics is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .data import Arrays, DatasetSpec, content_hash, dataset_spec, load_arrays
+from .data import Arrays, DatasetSpec, content_hash, load_arrays, spec_of
 from .errors import CrossneuronError
 from .splits import Split, make_split, split_arrays
 
@@ -58,8 +58,8 @@ def open_checkpoint(path: str | Path, data_root=None, device: str = "cpu", downl
     check_device(device)
     path = Path(path)
     model, meta = checkpoint.load(path, device)
-    spec = dataset_spec(meta["dataset"])
-    arrays = load_arrays(meta["dataset"], data_root, download)
+    spec = spec_of(meta)
+    arrays = load_arrays(meta["dataset"], data_root, download, spec)
     recorded = meta.get("data_hash")
     if recorded is not None and recorded != (found := content_hash(arrays)):
         message = (f"the {meta['dataset']} data found here ({arrays.source}, content hash {found}) differs from the "

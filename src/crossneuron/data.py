@@ -159,10 +159,51 @@ READERS = {
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
+IMAGEFOLDER = "imagefolder:"
+
+
+def folder_spec(name: str, size: int | None = None, mean=None, std=None) -> DatasetSpec:
+    """``imagefolder:DIR``: a user's images in ImageFolder layout, ``DIR/train/<class>/*`` and
+    ``DIR/val/<class>/*`` (or ``DIR/test/<class>/*``: the test split), RGB, resized (short side) and
+    centre-cropped to ``size`` (default 224), normalised with ``mean``/``std`` (default ImageNet's).
+    The name is stored with DIR resolved, so a checkpoint finds the folder from anywhere."""
+    root = Path(name[len(IMAGEFOLDER) :]).expanduser()
+    layout = "ImageFolder layout: DIR/train/<class>/*.png|jpg and DIR/val/<class>/* (or DIR/test/<class>/*)"
+    if not (root / "train").is_dir() or not any((root / t).is_dir() for t in ("val", "test")):
+        raise CrossneuronError(f"--dataset {name}: {root} is not in {layout}")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise CrossneuronError(f"--dataset {name}: {root / 'train'} holds {len(classes)} class folder(s); 2 or more")
+    size = 224 if size is None else size
+    if not (isinstance(size, int) and 8 <= size <= 1024):
+        raise CrossneuronError(f"--input-size must be an integer from 8 to 1024, got {size!r}")
+    mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+    if len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std):
+        raise CrossneuronError(f"--mean and --std take 3 numbers (R,G,B), std positive; got {mean} and {std}")
+    train_images = sum(1 for c in classes for _ in formats._image_files(root / "train" / c))
+    val_size = max(1, min(5000, train_images // 5))
+    return DatasetSpec(f"{IMAGEFOLDER}{root.resolve()}", (3, size, size), len(classes), mean, std, False,
+                       how_to_get=f"put the images in {layout}", val_size=val_size)  # fmt: skip
+
+
+def dataset_spec(name: str, size: int | None = None, mean=None, std=None) -> DatasetSpec:
+    """A registered dataset's spec, or an image folder's (``imagefolder:DIR``: ``size``, ``mean`` and
+    ``std`` apply to those only)."""
+    if name.startswith(IMAGEFOLDER):
+        return folder_spec(name, size, mean, std)
+    if (size, mean, std) != (None, None, None):
+        raise CrossneuronError(f"--input-size, --mean and --std apply to --dataset imagefolder:DIR only, not {name}")
     if name not in DATASETS:
-        raise CrossneuronError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+        raise CrossneuronError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)} or imagefolder:DIR")
     return DATASETS[name]
+
+
+def spec_of(meta: dict) -> DatasetSpec:
+    """The dataset spec a checkpoint was trained with (an image folder's size and normalisation from meta)."""
+    name = meta["dataset"]
+    if name.startswith(IMAGEFOLDER):
+        return folder_spec(name, meta["input_shape"][1], meta.get("mean"), meta.get("std"))
+    return dataset_spec(name)
 
 
 def default_root() -> Path | None:
@@ -254,11 +295,19 @@ def _download(spec: DatasetSpec, root: Path) -> None:
         ) from None
 
 
-def load_arrays(name: str, root: str | Path | None = None, download: bool = False) -> Arrays:
-    """Load a registered dataset, looking in the order described in the module docstring."""
-    spec = dataset_spec(name)
+def load_arrays(name: str, root: str | Path | None = None, download: bool = False,
+                spec: DatasetSpec | None = None) -> Arrays:  # fmt: skip
+    """Load a registered dataset, looking in the order described in the module docstring; an image
+    folder (``spec`` from ``folder_spec``) from its own folder."""
+    spec = spec or dataset_spec(name)
     if spec.name == "synthetic":
         return synthetic(spec)
+    if spec.name.startswith(IMAGEFOLDER):
+        folder = Path(spec.name[len(IMAGEFOLDER) :])
+        size = spec.input_shape[1]
+        test = "val" if (folder / "val").is_dir() else "test"
+        parts = formats.image_folders(folder, size, max(size, round(size * 256 / 224)), test=test)
+        return _to_tensors(spec, parts, str(folder))
     root = Path(root) if root is not None else default_root()
     if download:
         if root is None:

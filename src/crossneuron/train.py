@@ -44,6 +44,9 @@ class TrainConfig:
     weights: str | None = None  # a weights file (safetensors / state_dict), or torchvision's (IMAGENET1K_V1)
     init: str | None = None  # a checkpoint folder to start from (retraining)
     masks: str | None = None  # a search's result.json: train with those masks predicting (retraining)
+    input_size: int | None = None  # imagefolder:DIR only: image side (default 224)
+    mean: list[float] | None = None  # imagefolder:DIR only: normalisation (default ImageNet's)
+    std: list[float] | None = None
 
     def check(self) -> None:
         if self.epochs < (0 if self.weights else 1):
@@ -99,10 +102,11 @@ def train(
     cfg.check()
     cfg.model = canonical(cfg.model)  # a model file by its absolute path: the checkpoint finds it anywhere
     out = Path(out)
-    spec = dataset_spec(cfg.dataset)
+    spec = dataset_spec(cfg.dataset, cfg.input_size, cfg.mean, cfg.std)
+    cfg.dataset = spec.name  # an image folder by its absolute path
     if cfg.val_size is None:
         cfg.val_size = spec.val_size
-    arrays = load_arrays(cfg.dataset, data_root, download)
+    arrays = load_arrays(cfg.dataset, data_root, download, spec)
     split = make_split(len(arrays.y_train), cfg.val_size, cfg.seed)
     with folder_lock(out):  # one writer per checkpoint folder
         return _train(cfg, out, spec, arrays, split, resume, quiet, stop_after, log)
@@ -125,7 +129,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
                                    "train into another --out") from None  # fmt: skip
-        if stored != asdict(cfg):
+        new_fields = {"input_size": None, "mean": None, "std": None}  # configs written before 0.6 lack them
+        if {**new_fields, **stored} != asdict(cfg):
             raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
     write_json(config_path, asdict(cfg))
 
