@@ -72,3 +72,37 @@ def test_report_shows_the_retraining(searched, tmp_path):
     made = build_report(searched / "run", tmp_path / "rep")
     assert "retraining" in made["figures"] and (tmp_path / "rep" / "retraining.png").stat().st_size > 1000
     assert "| uniform-layer eps 5 | 1 |" in made["table"]
+
+
+def test_distill_loss_against_its_definition():
+    from crossneuron.train import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t, y = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.tensor([0, 1, 2, 3, 0])
+    T, w = 3.0, 0.7
+    p_t, p_s = torch.softmax(t / T, 1), torch.softmax(s / T, 1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean()  # KL(teacher || student), per image, averaged
+    ce = -torch.log_softmax(s, 1)[torch.arange(5), y].mean()
+    assert distill_loss(s, t, y, w, T).item() == pytest.approx(((1 - w) * ce + w * T * T * kl).item(), rel=1e-6)
+    assert distill_loss(s, t, y, 0.0, T).item() == pytest.approx(ce.item(), rel=1e-6)
+    assert distill_loss(s, s, y, 1.0, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_retrain_with_distillation_records_it_and_bad_values_are_refused(searched, tmp_path):
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    record = retrain(searched / "ckpt", result, out=tmp_path / "d", epochs=1, lr=0.01, batch_size=64, quiet=True,
+                     distill=0.5, temperature=2.0)  # fmt: skip
+    assert record["distill"] == 0.5 and json.loads((tmp_path / "d" / "config.json").read_text())["distill"] == 0.5
+    retrain(searched / "ckpt", result, out=tmp_path / "p", epochs=1, lr=0.01, batch_size=64, quiet=True)
+    ours, theirs = (
+        load_file(str(tmp_path / "d" / "model.safetensors")),
+        load_file(str(tmp_path / "p" / "model.safetensors")),
+    )
+    assert any(not torch.equal(ours[k], theirs[k]) for k in ours)  # the soft targets changed the training
+    for kwargs, says in ((dict(distill=1.5), "--distill must be in"), (dict(temperature=0.0), "--temperature")):
+        with pytest.raises(CrossneuronError, match=says):
+            retrain(searched / "ckpt", result, out=tmp_path / "x", epochs=1, quiet=True, **kwargs)
+    from crossneuron.train import TrainConfig
+
+    with pytest.raises(CrossneuronError, match="needs --init"):
+        TrainConfig(model="resnet18", dataset="synthetic", distill=0.5).check()

@@ -422,12 +422,17 @@ def retrain(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: bool = False,
     other_data: OtherData = False,
+    distill: Annotated[
+        float, typer.Option(help="weight in [0, 1] of distillation from the original network's logits (0: labels only)")
+    ] = 0.0,
+    temperature: Annotated[float, typer.Option(help="distillation temperature")] = 4.0,
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
 
     record = run(checkpoint, masks, out, epochs, lr, batch_size, data_root, device, resume,
-                 quiet or as_json or not sys.stderr.isatty(), research, engine, other_data=other_data)  # fmt: skip
+                 quiet or as_json or not sys.stderr.isatty(), research, engine, other_data=other_data,
+                 distill=distill, temperature=temperature)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return

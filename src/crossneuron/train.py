@@ -44,6 +44,8 @@ class TrainConfig:
     weights: str | None = None  # a weights file (safetensors / state_dict), or torchvision's (IMAGENET1K_V1)
     init: str | None = None  # a checkpoint folder to start from (retraining)
     masks: str | None = None  # a search's result.json: train with those masks predicting (retraining)
+    distill: float = 0.0  # weight of distillation from the init checkpoint's logits (retraining), 0: labels only
+    temperature: float = 4.0  # distillation temperature
     input_size: int | None = None  # imagefolder:DIR only: image side (default 224)
     mean: list[float] | None = None  # imagefolder:DIR only: normalisation (default ImageNet's)
     std: list[float] | None = None
@@ -54,6 +56,11 @@ class TrainConfig:
         if self.weights and (Path(self.weights).suffix in (".safetensors", ".pt", ".pth", ".bin")) \
                 and not Path(self.weights).is_file():  # fmt: skip
             raise CrossneuronError(f"--weights {self.weights} is not a file")
+        if not 0.0 <= self.distill <= 1.0 or not self.temperature > 0:
+            raise CrossneuronError(f"--distill must be in [0, 1] and --temperature positive, got {self.distill} and "
+                                   f"{self.temperature}")  # fmt: skip
+        if self.distill > 0 and not self.init:
+            raise CrossneuronError("--distill learns from the original network: it needs --init (as retrain sets)")
         if self.batch_size < 1:
             raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -61,6 +68,16 @@ class TrainConfig:
         from .context import check_device
 
         check_device(self.device)
+
+
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, weight: float,
+                 temperature: float) -> torch.Tensor:  # fmt: skip
+    """(1 - weight) x cross-entropy on the labels + weight x T^2 x KL(teacher || student) at temperature T
+    (Hinton et al. 2015: T^2 keeps the soft term's gradients on the hard term's scale)."""
+    hard = F.cross_entropy(logits, labels)
+    soft = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                    reduction="batchmean", log_target=True) * temperature**2  # fmt: skip
+    return (1 - weight) * hard + weight * soft
 
 
 def with_masks(model: torch.nn.Module, spec, masks_path: str | None) -> torch.nn.Module:
@@ -129,7 +146,7 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
                                    "train into another --out") from None  # fmt: skip
-        new_fields = {"input_size": None, "mean": None, "std": None}  # configs written before 0.6 lack them
+        new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0}  # pre-0.6
         if {**new_fields, **stored} != asdict(cfg):
             raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
     write_json(config_path, asdict(cfg))
@@ -142,8 +159,12 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         load_weights_file(model, cfg.weights)  # the user's own file (safetensors or a state_dict)
     elif cfg.weights:
         load_pretrained(model, cfg.model, cfg.weights)
+    teacher = None
     if cfg.init:
-        model.load_state_dict(checkpoint.load(cfg.init)[0].state_dict())
+        original = checkpoint.load(cfg.init)[0]
+        model.load_state_dict(original.state_dict())
+        if cfg.distill > 0:  # the original network, frozen, without masks
+            teacher = original.to(cfg.device).eval().requires_grad_(False)
     model = model.to(cfg.device)
     runner = with_masks(model, spec, cfg.masks)  # what trains and is measured; shares model's parameters
     optimizer = torch.optim.SGD(
@@ -200,6 +221,10 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
             for xb, yb in batches(x_train, y_train, spec, cfg.batch_size, cfg.device, shuffle, train_augment=True):
                 logits = runner(xb)
                 loss = F.cross_entropy(logits, yb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = teacher(xb)
+                    loss = distill_loss(logits, soft, yb, cfg.distill, cfg.temperature)
                 if not torch.isfinite(loss):  # nothing of this epoch is saved: the last checkpoint stays good
                     kept = f"{out} keeps epoch {epoch}'s checkpoint" if epoch else "nothing was saved"
                     raise CrossneuronError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}): {kept}; "
