@@ -46,3 +46,23 @@ def test_unknown_option_is_a_usage_error_not_a_traceback():
     proc = _cli("sites", "--no-such-option", "1")
     assert proc.returncode == 2, proc.stderr
     assert "No such option: --no-such-option" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_optimize_flags_default_to_the_search_options_defaults():
+    """The CLI repeats SearchOptions' defaults (it imports the search lazily): they must agree."""
+    import dataclasses
+    import inspect
+
+    from crossneuron.cli import optimize
+    from crossneuron.search.options import SearchOptions
+
+    defaults = SearchOptions()
+    flags = inspect.signature(optimize).parameters
+    same = [f.name for f in dataclasses.fields(SearchOptions) if f.name in flags]
+    assert {"budget", "optimizer", "milp_rounds", "milp_seconds", "batch_size", "seed"} <= set(same)
+    for name in same:
+        flag = flags[name].default
+        ours = getattr(defaults, name)
+        if name in ("eps", "ones", "modes", "refine_order", "couple"):
+            continue  # given as text and parsed
+        assert flag == ours, name

@@ -74,6 +74,6 @@ def test_functional_convs_matmul_and_linear_heads_count_in_network_macs():
     net = cn.attach(FunctionalHead(), (3, 8, 8))
     by_hand = 8 * 4 * 4 * 27 + 16 * 4 * 4 * 72 + 16 * 12 + 12 * 10
     assert net.network_macs == by_hand == 22_200
-    assert net.site_macs == 16 * 4 * 4 * 72  # the site after the conv module (SPEC 1 walks modules)
+    assert net.site_macs == 8 * 4 * 4 * 27 + 16 * 4 * 4 * 72  # both sites: F.conv2d contributes since 0.6
     stats = net.stats()
     assert stats.network_macs == by_hand

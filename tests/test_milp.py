@@ -58,9 +58,11 @@ def test_allowed_lost_is_the_largest_count_each_rule_accepts():
     assert not ucb.within(EvalResult(899 - n, 1000, 0, 0, lost=n + 1), base, 1.0)
 
 
-def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path):
+@pytest.mark.parametrize("mode", ["uniform-layer", "uniform-patch"])
+def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path, mode):
     ctx = open_checkpoint(ckpt)
-    options = SearchOptions(modes=["uniform-layer"], optimizer="milp", budget="flips", **OPTIONS)
+    screen = mode != "uniform-layer"  # the demo's uniform-patch: screened first level, exact channel candidates
+    options = SearchOptions(modes=[mode], screen=screen, **{**OPTIONS, "optimizer": "milp", "budget": "flips"})
     optimize(ctx, options, tmp_path / "run", check=0)
     db = sqlite3.connect(tmp_path / "run" / "records.sqlite")
     rows = db.execute("SELECT correct, macs_saved, mispredicted, lost, estimated, cut_short FROM evals "
@@ -68,13 +70,13 @@ def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path):
     assert rows and not any(r[4] for r in rows)
     from crossneuron.estimate import dry_run
 
-    assert dry_run(ctx, options, timed=1)["modes"]["uniform-layer"]["evaluations"]["milp"] >= len(rows)
+    assert dry_run(ctx, options, timed=1)["modes"][mode]["evaluations"]["milp"] >= len(rows)
     x, y, _ = calibration(ctx, OPTIONS["calib"], 0)
     naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), normalise(x, ctx.spec), y, 50)
     rule = get_budget("flips")
     saved = []
     for eps in OPTIONS["eps"]:
-        data = load_result(tmp_path / "run" / "uniform-layer" / f"eps-{eps:g}" / "result.json")
+        data = load_result(tmp_path / "run" / mode / f"eps-{eps:g}" / "result.json")
         step = data.trajectory[data.chosen_step]
         assert step["stage"] == "milp"
         masks = {k: m for k, m in result_masks(naive.net, data).items() if m is not None}

@@ -94,7 +94,8 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, ckpt, tmp_path):
     out = tmp_path / "killed"
     modes = "uniform-layer,uniform-filters"
     args = _cli("optimize", "--checkpoint", str(ckpt), "--out", str(out), "--mode", modes, "--ones", "1-1",
-                "--gt", "4", "--eps", "0,1,5", "--calib", "100", "--batch-size", "100", "--quiet")  # fmt: skip
+                "--gt", "4", "--eps", "0,1,5", "--calib", "100", "--batch-size", "100", "--optimizer", "layer",
+                "--budget", "net", "--quiet")  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "records.sqlite"
     deadline = time.time() + 120
@@ -515,7 +516,7 @@ def test_a_search_under_a_budget_rule_picks_only_what_the_rule_accepts(ckpt, tmp
     from crossneuron.search.records import EvalResult
 
     ctx = open_checkpoint(ckpt)
-    options = SearchOptions(modes=["uniform-layer"], refine=True, budget=budget, **OPTIONS)
+    options = SearchOptions(modes=["uniform-layer"], refine=True, **{**OPTIONS, "budget": budget})
     summary = optimize(ctx, options, tmp_path / "run", engine_name="fast", check=150)
     rule, calib = get_budget(budget), OPTIONS["calib"]
     base_correct = round(summary["base_calib_accuracy"] * calib / 100)

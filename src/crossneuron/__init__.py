@@ -7,7 +7,7 @@ from .patterns import code_to_pattern, diagonal, enumerate_patterns, pattern_cod
 from .sites import Site
 from .tensors import optimize
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "MODELS",

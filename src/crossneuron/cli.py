@@ -278,7 +278,7 @@ def optimize(
     eps: Annotated[str, typer.Option(help="accuracy budgets in points, comma separated")] = "0,0.5,1,3",
     calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,
     check: Annotated[int, typer.Option(help="check images: held out of val, never searched on (SPEC 5)")] = 1000,
-    budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "net",
+    budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "flips",
     reuse: Annotated[
         list[str] | None,
         typer.Option(
@@ -310,7 +310,7 @@ def optimize(
             help="after the quantizers: layer (SPEC 6's layer quantizer), milp (one option per site "
             "chosen by HiGHS on per-image margin estimates, verified exactly), or layer,milp"
         ),
-    ] = "layer",
+    ] = "milp",
     milp_rounds: Annotated[int, typer.Option(help="milp: exact verifications (re-solves) per eps at most")] = 6,
     milp_seconds: Annotated[float, typer.Option(help="milp: the solver's time limit per solve")] = 60.0,
     combine: Annotated[
