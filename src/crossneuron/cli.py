@@ -312,7 +312,7 @@ def optimize(
         ),
     ] = "milp",
     milp_rounds: Annotated[int, typer.Option(help="milp: exact verifications (re-solves) per eps at most")] = 6,
-    milp_seconds: Annotated[float, typer.Option(help="milp: the solver's time limit per solve")] = 60.0,
+    milp_seconds: Annotated[float, typer.Option(help="milp: the solver's time limit per solve")] = 20.0,
     combine: Annotated[
         str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
     ] = "slope",

@@ -40,7 +40,7 @@ class SearchOptions:
     budget: str = "flips"  # what "within epsilon" means (budget.get_budget): net, flips, ucb[:LEVEL]; 0.6: flips
     optimizer: str = "milp"  # after the quantizers: layer (SPEC 6's layer quantizer), milp, or both; 0.6: milp
     milp_rounds: int = 6  # milp: exact verifications (and re-solves) per epsilon at most
-    milp_seconds: float = 60.0  # milp: the solver's time limit per solve
+    milp_seconds: float = 20.0  # milp: the solver's time limit per solve (the budget study's setting)
 
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
