@@ -29,6 +29,7 @@ from torch import nn
 
 from .net import PredictiveNet
 from .precision import full_fp32
+from .search.fast import SPATIAL_PREFIX, Capture
 from .sites import _CONV_FUNCTIONS, _conv_macs, _modules, activation_kind, contributing_convs
 from .spatial import predicted_positions
 
@@ -38,7 +39,6 @@ _POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive
                    operator.getitem}  # fmt: skip
 _JOIN_FUNCTIONS = {torch.cat, operator.add, torch.add}
 _PASS_METHODS = {"contiguous", "clone", "flatten", "view", "reshape"}
-SPATIAL_PREFIX = "crossneuron_spatial."
 
 
 @dataclass
@@ -175,18 +175,6 @@ def stop_counts(cols: torch.Tensor, weight: torch.Tensor, start: torch.Tensor, p
     return torch.where(ok < checks.shape[1], k - after, torch.zeros_like(after))
 
 
-class _Capture(fx.Interpreter):
-    def __init__(self, gm, wanted: set[str]):
-        super().__init__(gm)
-        self.wanted, self.values = wanted, {}
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        if n.name in self.wanted:  # before an in-place activation or Spatial layer overwrites it
-            self.values[n.name] = out.detach().clone()
-        return out
-
-
 def plan(net: PredictiveNet) -> list[tuple[SnapeaSite, _Main | None]]:
     """Every site with its main conv and whether SnaPEA's exact mode applies there."""
     modules = _modules(net.graph_module)
@@ -216,7 +204,7 @@ def measure(net: PredictiveNet, x: torch.Tensor, period: int = 1, batch_size: in
     p = net.patch_size
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
-        cap = _Capture(gm, wanted)
+        cap = Capture(gm, wanted)
         cap.run(xb)
         stats.images += len(xb)
         for site, main in planned:

@@ -44,7 +44,9 @@ def _tail(gm: fx.GraphModule, cut: fx.Node, order: dict[fx.Node, int]) -> tuple[
     return fx.GraphModule(gm, graph), [n.name for n in live]
 
 
-class _Capture(fx.Interpreter):
+class Capture(fx.Interpreter):
+    """Runs a graph and keeps a copy of the named nodes' values (taken before any later in-place op)."""
+
     def __init__(self, gm, wanted: set[str]):
         super().__init__(gm)
         self.wanted, self.values = wanted, {}
@@ -88,7 +90,7 @@ class FastEngine(NaiveEngine):
     @full_fp32()
     @torch.inference_mode()
     def _sizes(self, x) -> dict[str, int]:
-        cap = _Capture(self.net.graph_module, {n.name for n in self.net.graph_module.graph.nodes})
+        cap = Capture(self.net.graph_module, {n.name for n in self.net.graph_module.graph.nodes})
         self._all_sites(False)
         cap.run(x)
         return {k: v.numel() * v.element_size() for k, v in cap.values.items() if isinstance(v, torch.Tensor)}
@@ -104,7 +106,7 @@ class FastEngine(NaiveEngine):
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
         self.logits = []
         for x, _ in self.batches:
-            cap = _Capture(self.net.graph_module, wanted)
+            cap = Capture(self.net.graph_module, wanted)
             self.logits.append(cap.run(x))
             for name in wanted:
                 parts[name].append(cap.values[name])
