@@ -1,6 +1,7 @@
 """Retraining with masks on a tiny model: gradients, BN statistics, records, evaluate round trip."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -106,3 +107,76 @@ def test_retrain_with_distillation_records_it_and_bad_values_are_refused(searche
 
     with pytest.raises(CrossneuronError, match="needs --init"):
         TrainConfig(model="resnet18", dataset="synthetic", distill=0.5).check()
+
+
+def _penalty_loop(x, mask, p, macs, slack):
+    """The predictability term of one site by explicit loops over images, channels and patches, and its
+    gradient with the gate held constant: w_P * gate_P at each computed position of patch P."""
+    n, c, h, w = x.shape
+    total, grad = 0.0, torch.zeros_like(x)
+    positive = x[x > 0]
+    scale = slack * float(positive.mean()) if slack > 0 else None
+    for b in range(n):
+        for ch in range(c):
+            for i0 in range(0, mask.shape[1], p):
+                for j0 in range(0, mask.shape[2], p):
+                    cells = [(i, j) for i in range(i0, i0 + p) for j in range(j0, j0 + p) if i < h and j < w]
+                    kept = sum(float(x[b, ch, i, j]) for i, j in cells if mask[ch, i, j])
+                    rest = sum(float(x[b, ch, i, j]) for i, j in cells if not mask[ch, i, j])
+                    saved = sum(1 for i, j in cells if not mask[ch, i, j]) * macs[ch]
+                    gate = (1.0 if rest == 0 else 0.0) if scale is None else math.exp(-rest / scale)
+                    total += saved * gate * kept
+                    for i, j in cells:
+                        if mask[ch, i, j]:
+                            grad[b, ch, i, j] = saved * gate
+    return total, grad
+
+
+@pytest.mark.parametrize("slack", [0.0, 0.5])
+@pytest.mark.parametrize("p,h,w", [(2, 6, 5), (3, 7, 7)])
+def test_predictability_term_and_its_gradient_against_a_loop(slack, p, h, w):
+    from crossneuron.predictability import patch_penalty
+    from crossneuron.spatial import padded_size
+
+    g = torch.Generator().manual_seed(p + h)
+    c = 3
+    x = torch.rand(2, c, h, w, generator=g, dtype=torch.float64)
+    x[torch.rand(2, c, h, w, generator=g) < 0.6] = 0  # many patches whose rest is exactly zero
+    mask = torch.rand(c, padded_size(h, p), padded_size(w, p), generator=g) < 0.4
+    macs = torch.tensor([5, 7, 0])
+    x.requires_grad_(True)
+    value = patch_penalty(x, mask, p, macs, slack)
+    total, expect = _penalty_loop(x.detach(), mask, p, macs.tolist(), slack)
+    assert value.item() == pytest.approx(total, rel=1e-9) and total > 0
+    (grad,) = torch.autograd.grad(value, [x])
+    torch.testing.assert_close(grad, expect)
+    assert torch.all(grad[:, ~mask[:, :h, :w]] == 0)  # the predicted positions are never pushed
+    if slack == 0:  # hard gate, linear in the computed positions: a finite difference agrees
+        step = torch.zeros_like(x)
+        step[expect > 0] = 1e-3
+        moved, _ = _penalty_loop(x.detach() + step, mask, p, macs.tolist(), slack)
+        assert moved - total == pytest.approx(float((expect * step).sum()), rel=1e-6)
+
+
+def test_retrain_with_the_predictability_term_predicts_more_patches(searched, tmp_path):
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    plain = retrain(searched / "ckpt", result, out=tmp_path / "plain", epochs=1, lr=0.01, batch_size=64, quiet=True)
+    pushed = retrain(searched / "ckpt", result, out=tmp_path / "pushed", epochs=1, lr=0.01, batch_size=64,
+                     quiet=True, predictability=5.0, warmup=0.5)  # fmt: skip
+    config = json.loads((tmp_path / "pushed" / "config.json").read_text())
+    assert (config["predictability"], config["warmup"], pushed["predictability"]) == (5.0, 0.5, 5.0)
+    saved = [r["after"]["test"]["macs_saved_pct_network"] for r in (plain, pushed)]
+    assert saved[1] > saved[0]  # the same masks predict more once the network learned to put zeros there
+    for kwargs, says in ((dict(predictability=-1.0), "--predictability and --slack"),
+                         (dict(warmup=1.0), "--warmup must be")):  # fmt: skip
+        with pytest.raises(CrossneuronError, match=says):
+            retrain(searched / "ckpt", result, out=tmp_path / "x", epochs=1, quiet=True, **kwargs)
+
+
+def test_warmup_then_cosine_by_hand():
+    from crossneuron.train import lr_factor
+
+    f = lr_factor(10, 4)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(7) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert lr_factor(8)(4) == pytest.approx(0.5)

@@ -76,13 +76,14 @@ def test_functional_inplace_method_and_excluded_convs():
         ),
         (
             "relu (fx node relu_2)",
-            "the walk back to a conv stops at max_pool2d (only BatchNorm, identity-like ops and adds pass)",
+            "the walk back to a conv stops at max_pool2d (only BatchNorm, identity-like ops, adds, channel "
+                "concatenations and channel shuffles pass)",
         ),
     ]
 
 
 class Concat(nn.Module):
-    """A BN-ReLU after a concatenation of two convs (not counted per slice yet), a ReLU on the input."""
+    """A BN-ReLU after a concatenation of two convs (a site per slice), a ReLU on the input."""
 
     def __init__(self):
         super().__init__()
@@ -95,17 +96,9 @@ class Concat(nn.Module):
 
 
 def test_activations_that_are_not_sites_say_why_never_a_wrong_count():
-    with pytest.raises(CrossneuronError, match="has no site"):
-        cn.attach(Concat(), (3, 8, 8))
-    net = cn.attach(nn.Sequential(Concat(), nn.Unflatten(1, (4, 1, 1)), nn.Conv2d(4, 4, 1), nn.ReLU()), (3, 8, 8))
-    assert [s.name for s in net.sites] == ["3"]
-    assert net.skipped == [
-        (
-            "0.relu (fx node relu)",
-            "it follows a concatenation of conv outputs (per-slice MACs per output are not counted yet)",
-        ),
-        ("0.relu (fx node relu_1)", "no conv lies between the model input and it"),
-    ]
+    net = cn.attach(Concat(), (3, 8, 8))
+    assert [(s.name, s.per_channel) for s in net.sites] == [("relu", (27, 27, 3, 3))]
+    assert net.skipped == [("relu (fx node relu_1)", "no conv lies between the model input and it")]
 
 
 class Untraceable(nn.Module):

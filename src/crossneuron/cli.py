@@ -50,7 +50,8 @@ def site_table(net) -> dict:
             "index": s.index,
             "name": s.name,
             "shape": list(s.shape),
-            "macs_per_output": s.macs_per_output,
+            "macs_per_output": s.macs_per_output,  # null where channel slices differ
+            "macs_per_output_by_slice": [list(run) for run in s.slices],  # [first channel, end, MACs per output]
             "macs": s.macs,
             "share_of_network_pct": pct(s.macs, 1, total),
             "convs": list(s.convs),
@@ -64,6 +65,13 @@ def site_table(net) -> dict:
         "site_macs": net.site_macs,
         "site_share_of_network_pct": pct(net.site_macs, 1, total),
     }
+
+
+def _per_output(row: dict) -> str:
+    """MACs per output for the table: one number, or per channel slice (channels first-last: MACs)."""
+    if row["macs_per_output"] is not None:
+        return f"{row['macs_per_output']:,}"
+    return ", ".join(f"{a}-{b - 1}: {m:,}" for a, b, m in row["macs_per_output_by_slice"])
 
 
 @app.command()
@@ -93,7 +101,7 @@ def sites(
         table.add_column(col, justify="left" if col in ("site", "convs") else "right")
     for r in data["sites"]:
         table.add_row(
-            str(r["index"]), r["name"], "x".join(map(str, r["shape"])), f"{r['macs_per_output']:,}",
+            str(r["index"]), r["name"], "x".join(map(str, r["shape"])), _per_output(r),
             f"{r['macs']:,}", f"{r['share_of_network_pct']:.2f}", " + ".join(r["convs"]),
         )  # fmt: skip
     out_console().print(table)
@@ -426,13 +434,23 @@ def retrain(
         float, typer.Option(help="weight in [0, 1] of distillation from the original network's logits (0: labels only)")
     ] = 0.0,
     temperature: Annotated[float, typer.Option(help="distillation temperature")] = 4.0,
+    predictability: Annotated[
+        float, typer.Option(help="weight of the predictability term: pushes a mask's computed positions to zero "
+                                 "where the rest of the patch is zero, by the MACs that would save (0: off)")
+    ] = 0.0,
+    slack: Annotated[
+        float, typer.Option(help="the term also counts patches whose rest is small: exp(-rest / (slack x mean "
+                                 "activation)); 0: only a rest of exactly zero")
+    ] = 0.0,
+    warmup: Annotated[float, typer.Option(help="epochs of linear learning-rate warm-up before the cosine")] = 0.0,
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
 
     record = run(checkpoint, masks, out, epochs, lr, batch_size, data_root, device, resume,
                  quiet or as_json or not sys.stderr.isatty(), research, engine, other_data=other_data,
-                 distill=distill, temperature=temperature)  # fmt: skip
+                 distill=distill, temperature=temperature, predictability=predictability, slack=slack,
+                 warmup=warmup)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return

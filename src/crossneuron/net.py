@@ -29,23 +29,12 @@ class SiteStats:
     name: str
     images: int
     positions: int  # real output positions per image, C * H * W
-    macs_per_output: int
+    site_macs: int  # MACs per image behind this site
     predicted: int  # predicted positions inside the real H x W
     mispredicted: int  # predicted positions whose true value was non-zero
     zeros: int  # positions whose true value was zero (the oracle)
-
-    @property
-    def site_macs(self) -> int:
-        """MACs per image behind this site."""
-        return self.positions * self.macs_per_output
-
-    @property
-    def macs_saved(self) -> int:
-        return self.predicted * self.macs_per_output
-
-    @property
-    def oracle_macs(self) -> int:
-        return self.zeros * self.macs_per_output
+    macs_saved: int  # MACs of the predicted positions, summed over the images
+    oracle_macs: int  # MACs of the zero positions, summed over the images
 
 
 @dataclass(frozen=True)
@@ -195,20 +184,16 @@ class PredictiveNet(nn.Module):
     def stats(self) -> Stats:
         if not self.sites:
             return Stats(images=0, network_macs=self.network_macs, per_site=[])
-        counts = torch.stack([self.spatial(s).counts for s in self.sites]).cpu().tolist()
-        per_site = [
-            SiteStats(
-                index=s.index,
-                name=s.name,
-                images=c[3],
-                positions=s.positions,
-                macs_per_output=s.macs_per_output,
-                predicted=c[0],
-                mispredicted=c[1],
-                zeros=c[2],
-            )
-            for s, c in zip(self.sites, counts, strict=True)
-        ]
+        layers = [self.spatial(s) for s in self.sites]
+        counts = torch.stack([torch.cat([layer.counts, layer.mac_counts]) for layer in layers]).cpu().tolist()
+        per_site = []
+        for s, layer, (predicted, mispredicted, zeros, images, saved, oracle) in zip(self.sites, layers, counts,
+                                                                                     strict=True):  # fmt: skip
+            if layer.channel_macs is None:  # one MACs per output for the whole site
+                saved, oracle = predicted * s.macs_per_output, zeros * s.macs_per_output
+            per_site.append(SiteStats(index=s.index, name=s.name, images=images, positions=s.positions,
+                                      site_macs=s.macs, predicted=predicted, mispredicted=mispredicted, zeros=zeros,
+                                      macs_saved=saved, oracle_macs=oracle))  # fmt: skip
         return Stats(images=per_site[0].images, network_macs=self.network_macs, per_site=per_site)
 
 
@@ -272,11 +257,12 @@ def attach(
         raise CrossneuronError(
             f"{type(model).__name__} has no site: no zero-producing activation after a conv (ReLU, ReLU6, "
             f"Hardtanh or clamp with lower bound 0, or one declared with attach(..., activations=[...]) fed "
-            f"by a conv through only BatchNorm, identity-like ops and residual adds; leaf modules hide what "
+            f"by a conv through only BatchNorm, identity-like ops, residual adds, channel concatenations and "
+            f"shuffles; leaf modules hide what "
             f"is inside them){why}"
         )
     # a site's ReLU output feeds only its Spatial layer, which may therefore overwrite it
-    layers = nn.ModuleList(Spatial(s.shape, p, s.macs_per_output, inplace=True) for s in sites)
+    layers = nn.ModuleList(Spatial(s.shape, p, s.macs_per_output or s.per_channel, inplace=True) for s in sites)
     param = next(model.parameters(), None)
     if param is not None:
         layers.to(param.device)
@@ -286,6 +272,7 @@ def attach(
         relu = nodes[site.node]
         with gm.graph.inserting_after(relu):
             new = gm.graph.call_module(f"{_SPATIAL}.{site.index}", (relu,))
+        new.meta["tensor_meta"] = relu.meta["tensor_meta"]  # same shape: later walks read it
         relu.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
     gm.recompile()
     net = PredictiveNet(gm, sites, p, shape, macs)

@@ -40,7 +40,8 @@ def _measure(model, ctx, result: Result, x, y, batch_size) -> dict:
 def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 0.005, batch_size: int = 128,
             data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
             engine: str = "fast", progress=None, other_data: bool = False, distill: float = 0.0,
-            temperature: float = 4.0) -> dict:  # fmt: skip
+            temperature: float = 4.0, predictability: float = 0.0, slack: float = 0.0,
+            warmup: float = 0.0) -> dict:  # fmt: skip
     result_path = Path(result_path)
     if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
         raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
@@ -56,7 +57,8 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
                           batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"],
                           device=device, init=str(ctx.path.resolve()), masks=str(result_path.resolve()),
-                          distill=distill, temperature=temperature)  # fmt: skip
+                          distill=distill, temperature=temperature, predictability=predictability, slack=slack,
+                          warmup=warmup)  # fmt: skip
         t0 = time.perf_counter()
         metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
         seconds = time.perf_counter() - t0
@@ -77,6 +79,9 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             "batch_size": batch_size,
             "distill": distill,
             "temperature": temperature,
+            "predictability": predictability,
+            "slack": slack,
+            "warmup": warmup,
             "train_seconds": metrics["train_seconds"],
             "seconds": seconds,
             "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction

@@ -117,6 +117,8 @@ def _main_conv(net: PredictiveNet, site, modules) -> tuple[_Main | None, str, st
     node = max(convs, key=lambda c: _conv_macs(c, modules))  # the first of the largest
     macs = _conv_macs(node, modules)
     name = str(node.target) if node.op == "call_module" else node.name
+    if site.macs_per_output is None:
+        return None, name, "its channel slices come from different convs (a concatenation)", macs
     if node.op == "call_module":
         conv = modules[node.target]
         if conv.padding_mode != "zeros":

@@ -7,6 +7,7 @@ no Python loop over images, channels or patches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,13 +73,22 @@ class Spatial(nn.Module):
     Statistics are device tensors, summed without a host sync per call.
     """
 
-    def __init__(self, shape: tuple[int, int, int], patch_size: int, macs_per_output: int, inplace: bool = False):
+    def __init__(self, shape: tuple[int, int, int], patch_size: int, macs_per_output: int | Sequence[int],
+                 inplace: bool = False):  # fmt: skip
         super().__init__()
         self.inplace = inplace  # may overwrite its input when no gradient is needed (attach: the ReLU's output)
         c, h, w = shape
         self.shape = (c, h, w)
         self.patch_size = patch_size
-        self.macs_per_output = macs_per_output
+        # MACs per output: one number, or one per channel where they differ (the MACs are then counted
+        # channel by channel in ``mac_counts``: saved MACs, oracle MACs)
+        per_channel = None if isinstance(macs_per_output, int) else [int(m) for m in macs_per_output]
+        if per_channel is not None and len(per_channel) != c:
+            raise CrossneuronError(f"Spatial layer of {c} channels given {len(per_channel)} MACs per output")
+        self.macs_per_output = macs_per_output if per_channel is None else None
+        self.register_buffer("channel_macs", None if per_channel is None else torch.tensor(per_channel),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("mac_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
         self.enabled = True
         self.count_zeros = True  # the oracle statistic; engines that never read it turn it off
         hp, wp = padded_size(h, patch_size), padded_size(w, patch_size)
@@ -100,6 +110,12 @@ class Spatial(nn.Module):
 
     def reset_stats(self) -> None:
         self.counts.zero_()
+        self.mac_counts.zero_()
+
+    def _zero_macs(self, nonzero_per_channel: torch.Tensor, images: int) -> None:
+        """Per-channel MACs: add the oracle's, given each channel's non-zero count over ``images``."""
+        h, w = self.shape[1:]
+        self.mac_counts[1] += ((images * h * w - nonzero_per_channel) * self.channel_macs).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
@@ -113,6 +129,8 @@ class Spatial(nn.Module):
             if not self.predicting:
                 if self.count_zeros:
                     self.counts[2] += x.numel() - _count(x.bool())
+                    if self.channel_macs is not None:
+                        self._zero_macs(x.bool().sum((0, 2, 3)), x.shape[0])
                 return x
             offsets, weight = self._derived()
             # Work on the p*p strided sub-grids x[..., i::p, j::p]: each holds one position of
@@ -129,11 +147,15 @@ class Spatial(nn.Module):
             predict = torch.ones_like(nonzero, dtype=torch.bool) if computed is None else ~computed
             as_int = predict.view(torch.uint8)
             self.counts[0] += _count(as_int * weight)
+            if self.channel_macs is not None:
+                self.mac_counts[0] += ((as_int * weight).sum((0, 2, 3), dtype=torch.int64) * self.channel_macs).sum()
             # in a predicted patch every computed position is zero: its non-zeros are all mispredicted
             wrong = as_int * nonzero
             self.counts[1] += _count(wrong)
             if self.count_zeros:
                 self.counts[2] += x.numel() - _count(nonzero)
+                if self.channel_macs is not None:
+                    self._zero_macs(nonzero.sum((0, 2, 3), dtype=torch.int64), x.shape[0])
         if torch.is_grad_enabled() and x.requires_grad:  # training: predicted positions pass no gradient
             h, w = self.shape[1:]
             fill = expand_patches(predict, p, h, w) & ~self.mask[:, :h, :w]

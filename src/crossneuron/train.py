@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import sys
@@ -21,6 +22,7 @@ from .errors import CrossneuronError
 from .evaluate import correct_count
 from .fsutil import atomic_write, folder_lock, write_json
 from .models import build_model, load_pretrained
+from .predictability import Predictability
 from .splits import batches, make_split, split_arrays
 from .usermodels import canonical, is_user_model, load_weights_file
 
@@ -46,6 +48,9 @@ class TrainConfig:
     masks: str | None = None  # a search's result.json: train with those masks predicting (retraining)
     distill: float = 0.0  # weight of distillation from the init checkpoint's logits (retraining), 0: labels only
     temperature: float = 4.0  # distillation temperature
+    predictability: float = 0.0  # weight of the predictability term (retraining with masks; predictability.py)
+    slack: float = 0.0  # the term's gate: 0 counts only patches whose predicted positions are all zero
+    warmup: float = 0.0  # epochs of linear learning-rate warm-up before the cosine decay
     input_size: int | None = None  # imagefolder:DIR only: image side (default 224)
     mean: list[float] | None = None  # imagefolder:DIR only: normalisation (default ImageNet's)
     std: list[float] | None = None
@@ -61,6 +66,13 @@ class TrainConfig:
                                    f"{self.temperature}")  # fmt: skip
         if self.distill > 0 and not self.init:
             raise CrossneuronError("--distill learns from the original network: it needs --init (as retrain sets)")
+        if not self.predictability >= 0 or not self.slack >= 0:
+            raise CrossneuronError(f"--predictability and --slack must be at least 0, got {self.predictability} and "
+                                   f"{self.slack}")  # fmt: skip
+        if self.predictability > 0 and not self.masks:
+            raise CrossneuronError("--predictability works on a search's masks: it needs --masks (as retrain sets)")
+        if not 0 <= self.warmup < max(self.epochs, 1):
+            raise CrossneuronError(f"--warmup must be at least 0 and below --epochs ({self.epochs}), got {self.warmup}")
         if self.batch_size < 1:
             raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -78,6 +90,18 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     soft = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher / temperature, 1),
                     reduction="batchmean", log_target=True) * temperature**2  # fmt: skip
     return (1 - weight) * hard + weight * soft
+
+
+def lr_factor(total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """The learning rate's factor after ``s`` steps: linear warm-up from 1 / warmup_steps to 1 over
+    ``warmup_steps``, then a cosine from 1 to 0 over the steps left."""
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return factor
 
 
 def with_masks(model: torch.nn.Module, spec, masks_path: str | None) -> torch.nn.Module:
@@ -146,7 +170,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
                                    "train into another --out") from None  # fmt: skip
-        new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0}  # pre-0.6
+        new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0,  # pre-0.6
+                      "predictability": 0.0, "slack": 0.0, "warmup": 0.0}  # pre-0.7
         if {**new_fields, **stored} != asdict(cfg):
             raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
     write_json(config_path, asdict(cfg))
@@ -172,7 +197,7 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
     )
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, round(cfg.warmup * steps_per_epoch)))
     start, history = 0, []
     if resume and (out / STATE).exists():
         state = _load_state(out)
@@ -211,7 +236,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
     ]  # fmt: skip
-    with Progress(*columns, disable=quiet, transient=False) as progress:
+    term = Predictability(runner, cfg.slack) if cfg.predictability > 0 else contextlib.nullcontext()
+    with Progress(*columns, disable=quiet, transient=False) as progress, term:
         for epoch in range(start, cfg.epochs):
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same stream after a resume
             shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -225,6 +251,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
                     with torch.no_grad():
                         soft = teacher(xb)
                     loss = distill_loss(logits, soft, yb, cfg.distill, cfg.temperature)
+                if cfg.predictability > 0:
+                    loss = loss + cfg.predictability * term.term()
                 if not torch.isfinite(loss):  # nothing of this epoch is saved: the last checkpoint stays good
                     kept = f"{out} keeps epoch {epoch}'s checkpoint" if epoch else "nothing was saved"
                     raise CrossneuronError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}): {kept}; "

@@ -123,13 +123,14 @@ class Screen:
                 nzs = nz[..., i::p, j::p].to(torch.int32)
                 bits, count, ga_patch = bits + (nzs << (i * p + j)), count + nzs, ga_patch + ga[..., i::p, j::p]
         per_block = side // p
+        channel_macs = torch.tensor(site.per_channel, device=a.device)[:, None]  # (C, 1): MACs per output
         deltas, macs, wrong = [], [], []
         for code in self.codes:
             pattern = code_to_pattern(code, p)
             real_sum = sum(real[i::p, j::p] for i in range(p) for j in range(p) if not pattern[i, j])
             pred = (bits & code) == 0
             deltas.append(self._kept(_block_sum(-(pred * ga_patch), per_block)))
-            macs.append(self._kept(_block_sum(pred.sum(0) * real_sum, per_block) * site.macs_per_output))
+            macs.append(self._kept(_block_sum(pred.sum(0) * real_sum, per_block) * channel_macs))
             wrong.append(self._kept(_block_sum((pred * count).sum(0), per_block)))
         return torch.stack(deltas).float(), torch.stack(macs), torch.stack(wrong)
 

@@ -1,0 +1,93 @@
+"""The predictability term of retraining (issue 17): teach a network to put its zeros where a mask can
+predict them.
+
+A patch is predicted only when all its computed positions (mask True) are zero. Where the positions the
+mask would predict already hold only zeros, the computed ones are all that stands between the patch and
+its saving, and pushing them to zero costs no misprediction. The term is
+
+    sum over images, sites and patches P of  w_P * gate_P * (sum of the activation over P's computed positions)
+
+divided by (images x network MACs), where ``w_P`` is the MACs predicting ``P`` would save (its real
+mask-False positions times their MACs per output) and ``gate_P`` says how zero the rest of ``P`` is:
+1 where its predicted positions sum to 0, else ``exp(-rest_P / (slack x the site's mean non-zero
+activation))`` with ``slack > 0``, or 0 with ``slack = 0`` (the default: only patches whose rest is
+exactly zero). The gate is a constant for the gradient (it never pushes the rest up). Post-ReLU
+activations are non-negative, so the sum is an L1 penalty: its gradient drives pre-activations below
+zero, where the ReLU outputs exact zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .net import PredictiveNet
+from .spatial import Spatial
+
+
+def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
+                  slack: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Sum over images and patches of ``w_P * gate_P * computed_P`` for one site (see the module).
+
+    ``x``: (N, C, H, W) activations; ``mask``: (C, Hp, Wp) bool; ``channel_macs``: (C,) MACs per output."""
+    n, c, h, w = x.shape
+    hp, wp = mask.shape[1:]
+    a = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
+    real = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
+    real[:h, :w] = True
+    computed = (mask & real).to(x.dtype)
+    predicted = (~mask & real).to(x.dtype)
+
+    def per_patch(t: torch.Tensor) -> torch.Tensor:  # (..., Hp, Wp) -> (..., Hp / p, Wp / p)
+        return t.unflatten(-2, (hp // p, p)).unflatten(-1, (wp // p, p)).sum((-3, -1))
+
+    kept = per_patch(a * computed)  # (N, C, Hb, Wb)
+    with torch.no_grad():
+        rest = per_patch(a * predicted)
+        if slack > 0:
+            positive = x[x > 0]
+            scale = slack * (positive.mean() if positive.numel() else x.new_tensor(1.0))
+            gate = torch.exp(-rest / scale)
+        else:
+            gate = (rest == 0).to(x.dtype)
+        weight = per_patch(predicted) * channel_macs.to(x.dtype)[:, None, None]  # MACs saved if predicted
+    return (weight * gate * kept).sum()
+
+
+class Predictability:
+    """Collects every predicting site's input during a forward pass of ``net`` and gives the term.
+
+    Use as a context manager around training; ``term()`` after each forward pass (then cleared)."""
+
+    def __init__(self, net: PredictiveNet, slack: float = 0.0):
+        self.net, self.slack = net, slack
+        self.inputs: list[tuple[Spatial, torch.Tensor]] = []
+        self.handles = []
+
+    def __enter__(self) -> Predictability:
+        for site in self.net.sites:
+            layer = self.net.spatial(site)
+            layer._pred_macs = torch.tensor(site.per_channel, device=layer.mask.device)
+            self.handles.append(layer.register_forward_pre_hook(self._keep))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.inputs = [], []
+
+    def _keep(self, layer: Spatial, args) -> None:
+        if layer.predicting and torch.is_grad_enabled():
+            self.inputs.append((layer, args[0]))
+
+    def term(self) -> torch.Tensor:
+        """The term for the images of the last forward pass (0 where no site predicts)."""
+        total = None
+        images = 1
+        for layer, x in self.inputs:
+            part = patch_penalty(x, layer.mask, layer.patch_size, layer._pred_macs, self.slack)
+            total = part if total is None else total + part
+            images = x.shape[0]
+        self.inputs = []
+        if total is None:
+            return torch.zeros(())
+        return total / (images * self.net.network_macs)
