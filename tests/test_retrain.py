@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +181,34 @@ def test_warmup_then_cosine_by_hand():
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(7) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
     assert lr_factor(8)(4) == pytest.approx(0.5)
+
+
+def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_result(searched, tmp_path):
+    from crossneuron.retrain import rounds
+
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    original = json.loads(result.read_text())
+    out = tmp_path / "rounds"
+    summary = rounds(searched / "ckpt", result, 2, out=out, epochs=1, lr=0.01, batch_size=64)
+    first, second = summary["rounds"]
+    assert first["masks_in"] == str(result.resolve()) and second["masks_in"] == first["masks_out"]
+    assert second["checkpoint"] == str((out / "round-2").resolve())
+    for r in (first, second):  # epsilon_k = eps - what the round's network lost without prediction, >= 0
+        lost = original["calib_base_accuracy"] - r["retrained"]["calib"]["no_prediction_accuracy"]
+        assert r["eps_searched"] == pytest.approx(max(0.0, round(5.0 - lost, 2)))
+        assert r["searched"]["drop_vs_original"] == pytest.approx(
+            original["test_base_accuracy"] - r["searched"]["accuracy"])  # fmt: skip
+        assert Path(r["masks_out"]).is_file()
+    # evaluate --masks reproduces the last round's searched numbers
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out / "round-2"), "--masks",
+                                   second["masks_out"], "--split", "test", "--json"])  # fmt: skip
+    assert cli.exit_code == 0 and json.loads(cli.output)["accuracy"] == pytest.approx(second["searched"]["accuracy"])
+    # killed before round 2 was written down: the rerun resumes its training and search, same numbers
+    kept = (out / "round-1" / "round.json").stat().st_mtime_ns
+    (out / "round-2" / "round.json").unlink()
+    again = rounds(searched / "ckpt", result, 2, out=out, epochs=1, lr=0.01, batch_size=64)
+    assert (out / "round-1" / "round.json").stat().st_mtime_ns == kept  # a finished round is not run again
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert drop(again["rounds"][1]) == drop(second)
+    with pytest.raises(CrossneuronError, match="--rounds must be"):
+        rounds(searched / "ckpt", result, 0, out=tmp_path / "x")

@@ -443,14 +443,34 @@ def retrain(
                                  "activation)); 0: only a rest of exactly zero")
     ] = 0.0,
     warmup: Annotated[float, typer.Option(help="epochs of linear learning-rate warm-up before the cosine")] = 0.0,
+    rounds: Annotated[
+        int, typer.Option(help="search-retrain rounds: retrain, search the retrained network again (budget held "
+                               "against the original model), retrain with those masks...; 0: one retraining")
+    ] = 0,
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
 
-    record = run(checkpoint, masks, out, epochs, lr, batch_size, data_root, device, resume,
-                 quiet or as_json or not sys.stderr.isatty(), research, engine, other_data=other_data,
-                 distill=distill, temperature=temperature, predictability=predictability, slack=slack,
-                 warmup=warmup)  # fmt: skip
+    strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
+                    predictability=predictability, slack=slack, warmup=warmup)  # fmt: skip
+    if rounds:
+        from .retrain import rounds as run_rounds
+
+        summary = run_rounds(checkpoint, masks, rounds, out, engine, data_root=data_root, device=device,
+                             other_data=other_data, **strategy)  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        for r in summary["rounds"]:
+            s = r["searched"]
+            typer.echo(f"round {r['round']}: searched at eps {r['eps_searched']:g}: {s['macs_saved_pct_network']:.2f}% of "
+                       f"network MACs saved at a test drop of {s['drop_vs_original']:.2f} against the original model "
+                       f"(oracle {s['oracle_pct_network']:.2f}%)")  # fmt: skip
+        return
+
+    record = run(checkpoint, masks, out, data_root=data_root, device=device, resume=resume,
+                 quiet=quiet or as_json or not sys.stderr.isatty(), research=research, engine=engine,
+                 other_data=other_data, **strategy)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return

@@ -11,6 +11,7 @@ calibration images) and ``result.json`` (the masks with the retrained numbers, u
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -137,3 +138,53 @@ def search_options(identity: dict) -> SearchOptions:
     o.setdefault("budget", "net")  # before 0.5, the only rule
     o["ones"] = tuple(o["ones"]) if o.get("ones") else None
     return SearchOptions(**o)
+
+
+def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fast", progress=None,
+           data_root=None, device: str = "cpu", other_data: bool = False, **train_options) -> dict:  # fmt: skip
+    """Search-retrain rounds (``retrain --rounds N``): round k retrains the previous round's network with
+    the previous round's masks (round 1: the source checkpoint and ``result_path``) into
+    ``out/round-k``, then searches that network again (``round-k/search``, the result's mode and options)
+    with the budget held against the *original* model: epsilon_k = epsilon - (the original's
+    no-prediction calibration accuracy - round k's), at least 0. Each round's numbers go to
+    ``round-k/round.json``; a finished round is never run again, so a killed run resumes where it
+    stopped. Returns ``{"rounds": [...]}``, also written to ``out/rounds.json``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CrossneuronError(f"--rounds must be a number of rounds >= 1, got {count!r}")
+    result_path = Path(result_path)
+    data = load_result(result_path)
+    if out is None:
+        first = default_out(result_path, data)
+        out = first.with_name(first.name + "-rounds")
+    out = Path(out)
+    original = open_checkpoint(checkpoint_dir, data_root, device, other_data=other_data)
+    options = search_options(data.options)
+    x_test, y_test = original.data("test")
+    done, ckpt, masks = [], Path(checkpoint_dir), result_path
+    for k in range(1, count + 1):
+        folder = out / f"round-{k}"
+        path = folder / "round.json"
+        if not path.is_file():
+            record = retrain(ckpt, masks, out=folder, data_root=data_root, device=device, resume=True, quiet=True,
+                             other_data=other_data, **train_options)  # fmt: skip
+            new = open_checkpoint(folder, data_root, device, other_data=other_data)
+            lost = data.calib_base_accuracy - record["after"]["calib"]["no_prediction_accuracy"]  # vs the original
+            eps = round(max(0.0, data.eps - lost), 2)
+            searched = dataclasses.replace(options, eps=[eps], modes=[data.mode])
+            optimize(new, searched, folder / "search", engine, progress)
+            found = folder / "search" / data.mode / f"eps-{eps:g}" / "result.json"
+            after = _measure(new.model, new, load_result(found), x_test, y_test, searched.batch_size)
+            write_json(path, {
+                "round": k, "checkpoint": str(folder.resolve()), "masks_in": str(Path(masks).resolve()),
+                "masks_out": str(found.resolve()), "eps": data.eps, "eps_searched": eps,
+                "original_test_accuracy": data.test_base_accuracy,
+                "retrained": {"test": record["after"]["test"], "calib": record["after"]["calib"]},
+                "searched": {**after, "drop_vs_original": data.test_base_accuracy - after["accuracy"]},
+                "train_seconds": record["train_seconds"], "seconds": record["seconds"],
+            })  # fmt: skip
+        round_record = json.loads(path.read_text())
+        done.append(round_record)
+        ckpt, masks = folder, Path(round_record["masks_out"])
+    summary = {"mode": data.mode, "eps": data.eps, "checkpoint": str(Path(checkpoint_dir).resolve()), "rounds": done}
+    write_json(out / "rounds.json", summary)
+    return summary
