@@ -463,9 +463,9 @@ def retrain(
             return
         for r in summary["rounds"]:
             s = r["searched"]
-            typer.echo(f"round {r['round']}: searched at eps {r['eps_searched']:g}: {s['macs_saved_pct_network']:.2f}% of "
-                       f"network MACs saved at a test drop of {s['drop_vs_original']:.2f} against the original model "
-                       f"(oracle {s['oracle_pct_network']:.2f}%)")  # fmt: skip
+            typer.echo(f"round {r['round']}: searched at eps {r['eps_searched']:g}: {s['macs_saved_pct_network']:.2f}% "
+                       f"of network MACs saved at a test drop of {s['drop_vs_original']:.2f} against the original "
+                       f"model (oracle {s['oracle_pct_network']:.2f}%)")  # fmt: skip
         return
 
     record = run(checkpoint, masks, out, data_root=data_root, device=device, resume=resume,
