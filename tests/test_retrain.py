@@ -73,7 +73,7 @@ def test_report_shows_the_retraining(searched, tmp_path):
         retrain(searched / "ckpt", searched / "run" / "uniform-layer" / "eps-5" / "result.json", epochs=1, quiet=True)
     made = build_report(searched / "run", tmp_path / "rep")
     assert "retraining" in made["figures"] and (tmp_path / "rep" / "retraining.png").stat().st_size > 1000
-    assert "| uniform-layer eps 5 | 1 |" in made["table"]
+    assert "| uniform-layer eps 5 | 1 ep |" in made["table"]
 
 
 def test_distill_loss_against_its_definition():
@@ -212,3 +212,18 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
     assert drop(again["rounds"][1]) == drop(second)
     with pytest.raises(CrossneuronError, match="--rounds must be"):
         rounds(searched / "ckpt", result, 0, out=tmp_path / "x")
+    # the CLI on the finished folder prints every round; the report plots and tabulates them
+    cli = CliRunner().invoke(app, ["retrain", "--checkpoint", str(searched / "ckpt"), "--masks", str(result),
+                                   "--out", str(out), "--rounds", "2", "--epochs", "1", "--lr", "0.01",
+                                   "--batch-size", "64"])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert f"round 2: searched at eps {second['eps_searched']:g}: {second['searched']['macs_saved_pct_network']:.2f}%" \
+        in cli.output  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(searched / "run", run, ignore=shutil.ignore_patterns("retrain*"))
+    shutil.copytree(out, run / "retrain-uniform-layer-eps-5-rounds")
+    from crossneuron.report import build_report
+
+    made = build_report(run, tmp_path / "rep")
+    assert (tmp_path / "rep" / "strategies.png").stat().st_size > 1000
+    assert f"| 2 | {second['eps_searched']:g} | {second['searched']['accuracy']:.2f} |" in made["table"]

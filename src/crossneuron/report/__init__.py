@@ -56,6 +56,9 @@ def _figures(run: Run, folder: Path) -> list[tuple[str, dict]]:
     fig = figures.retraining(run)
     if fig is not None:
         out.append(("Before and after retraining", _save(fig, folder, "retraining")))
+    fig = figures.strategies(run)
+    if fig is not None:
+        out.append(("Retraining strategies: MACs saved against test drop", _save(fig, folder, "strategies")))
     return out
 
 

@@ -252,3 +252,37 @@ def retraining(run: Run):
     ax.set_ylim(max(0, low - 5), 100)
     ax.set_xticks(list(xs), labels, fontsize=8)
     return _finish(fig, ax, "top-1 accuracy (%, test split)", "Retraining with prediction on")
+
+
+def strategies(run: Run):
+    """MACs saved against test drop relative to the *original* model, for every retraining (before and
+    after, joined by an arrow) and every search-retrain round (a line through the rounds)."""
+    from .load import strategy
+
+    if not run.retrain and not run.rounds:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(run.retrain):
+        color = f"C{i % 10}"
+        points = [(r["base_accuracy"] - r[k]["test"]["accuracy"], r[k]["test"]["macs_saved_pct_network"])
+                  for k in ("before", "after")]  # fmt: skip
+        ax.annotate("", xy=points[1], xytext=points[0], arrowprops=dict(arrowstyle="->", color=color))
+        ax.plot(*points[1], "o", color=color, label=f"{r['mode']} eps {r['eps']:g}: {strategy(r)}")
+        ax.plot(*points[0], "o", mfc="white", color=color)
+    for j, summary in enumerate(run.rounds):
+        rows = summary["rounds"]
+        xs = [r["searched"]["drop_vs_original"] for r in rows]
+        ys = [r["searched"]["macs_saved_pct_network"] for r in rows]
+        ax.plot(xs, ys, "s-", color=f"C{(len(run.retrain) + j) % 10}",
+                label=f"{summary['mode']} eps {summary['eps']:g}: rounds 1-{len(rows)}")  # fmt: skip
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    oracle = run.any_result().oracle_pct_network
+    ax.axhline(oracle, color="gray", linestyle="--", label=f"oracle of the original model ({oracle:.1f}%)")
+    ax.set_xlabel("test accuracy drop against the original model (points)")
+    ax.set_ylabel("MACs saved (% of network, test split)")
+    ax.set_title("Retraining strategies (open: before, filled: after)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -29,6 +29,7 @@ class Run:
     at_baseline: dict[str, Result]  # mode -> result.json at the baseline's calibration drop
     records: dict = field(default_factory=dict)  # stage counts, estimated, cut short, seconds
     retrain: list[dict] = field(default_factory=list)  # retrain.json files found under the run
+    rounds: list[dict] = field(default_factory=list)  # rounds.json files (retrain --rounds) found under the run
 
     @property
     def modes(self) -> list[str]:
@@ -63,7 +64,21 @@ def load_run(path: str | Path) -> Run:
     if not results:
         raise CrossneuronError(f"{path / 'summary.json'} lists no modes: the search did not finish; re-run it")
     retrain = [_json(p) for p in sorted(path.glob("retrain*/retrain.json"))]
-    return Run(path, summary, baseline, results, at_baseline, _records(path / "records.sqlite"), retrain)
+    rounds = [_json(p) for p in sorted(path.glob("retrain*/rounds.json"))]
+    return Run(path, summary, baseline, results, at_baseline, _records(path / "records.sqlite"), retrain, rounds)
+
+
+def strategy(record: dict) -> str:
+    """A retraining's strategy in words, from its retrain.json (options at their defaults left out)."""
+    parts = [f"{record['epochs']} ep"]
+    if record.get("warmup"):
+        parts.append(f"warm-up {record['warmup']:g}")
+    if record.get("distill"):
+        parts.append(f"distill {record['distill']:g} (T {record.get('temperature', 4.0):g})")
+    if record.get("predictability"):
+        slack = f", slack {record['slack']:g}" if record.get("slack") else ""
+        parts.append(f"predictability {record['predictability']:g}{slack}")
+    return ", ".join(parts)
 
 
 def _records(db_path: Path) -> dict:

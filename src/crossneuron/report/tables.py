@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..result import Result
-from .load import Run
+from .load import Run, strategy
 
 TABLE_EPS = (0.0, 0.5, 1.0, 3.0, 5.0)
 
@@ -69,11 +69,21 @@ def markdown(run: Run) -> str:
     lines += ["", "Drops in points: calibration images (the search sees them), check images (held out of val, "
               "never seen by the search) and the test split."]  # fmt: skip
     if run.retrain:
-        lines += ["", "| retrained | epochs | test accuracy before -> after | MACs saved before -> after |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| retrained | strategy | test accuracy before -> after | MACs saved before -> after | "
+                  "drop against the original, after |", "|---|---|---|---|---|"]  # fmt: skip
         for t in run.retrain:
             b, a = t["before"]["test"], t["after"]["test"]
-            lines.append(f"| {t['mode']} eps {t['eps']:g} | {t['epochs']} | "
+            lines.append(f"| {t['mode']} eps {t['eps']:g} | {strategy(t)} | "
                          f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (no prediction {t['base_accuracy']:.2f}) | "
-                         f"{_cell(b)} -> {_cell(a)} |")  # fmt: skip
+                         f"{_cell(b)} -> {_cell(a)} | {t['base_accuracy'] - a['accuracy']:.2f} |")  # fmt: skip
+    for summary in run.rounds:
+        lines += ["", f"Search-retrain rounds, {summary['mode']} eps {summary['eps']:g} (drops against the original "
+                  "model's test accuracy):", "",
+                  "| round | eps searched | test accuracy | MACs saved (test) | oracle |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for r in summary["rounds"]:
+            s = r["searched"]
+            lines.append(f"| {r['round']} | {r['eps_searched']:g} | {s['accuracy']:.2f} | "
+                         f"{s['macs_saved_pct_network']:.2f} / {s['drop_vs_original']:.2f} | "
+                         f"{s['oracle_pct_network']:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
