@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/search_speed.py --checkpoint checkpoints/resnet18-w0.25-fashion-mnist \\
         [--mode uniform-layer] [--calib 1000] [--ones 1-2] [--engines naive,fast] [--targets 200] [--device cuda]
+        [--threads 2]
+
+An engine ``ray-ENGINE:W`` (e.g. ``ray-naive:2``) is ENGINE on W Ray workers of one thread each
+(issue 18; a local cluster is started); its Ray overhead per evaluation (wall time beyond the slowest
+shard's own) is printed with it.
 
 Part a (default): runs the complete search (all stages of the mode, calibration images only: the test-split
 measurement afterwards is the same for every engine and is left out) with each engine into a
@@ -49,6 +54,16 @@ def same(ref, other, min_correct) -> bool:
     return ref[:4] == other[:4]
 
 
+def build_engine(name: str, ctx, opts):
+    """make_engine, or for ``ray-ENGINE:W`` that engine on W Ray workers."""
+    if name.startswith("ray-"):
+        from crossneuron.search.ray_engine import RayBackend
+
+        inner, _, workers = name[4:].partition(":")
+        return make_engine(inner, ctx, opts, RayBackend(int(workers or 2)))
+    return make_engine(name, ctx, opts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -61,7 +76,10 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=0, help="part b: this many random max-granularity targets")
     ap.add_argument("--gt", type=float, default=10.0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where the net and the images are")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.targets:
         return part_b(args)
     a, b = (int(v) for v in args.ones.split("-"))
@@ -73,14 +91,16 @@ def main() -> None:
             opts = SearchOptions(**options)
             opts.check(len(ctx.split.val))
             t0 = time.perf_counter()
-            net, eng, _ = make_engine(engine, ctx, opts)
+            net, eng, _ = build_engine(engine, ctx, opts)
             store = Store(Path(tmp) / engine / "records.sqlite", {"engine": engine})
             search = Search(net, eng, store, opts)
             for _ in search.run():  # every mode (and the baseline record, since 0.4)
                 pass
             times[engine] = time.perf_counter() - t0
             recs[engine] = records(Path(tmp) / engine)
-            print(f"{engine:6s} {times[engine]:8.1f} s  {store.count()} evaluations")
+            extra = f"  Ray overhead {1000 * eng.overhead / max(1, eng.calls):.1f} ms per evaluation" \
+                if hasattr(eng, "overhead") else ""  # fmt: skip
+            print(f"{engine:6s} {times[engine]:8.1f} s  {store.count()} evaluations{extra}")
     names = list(times)
     ref = recs[names[0]]
     base = ref["base|-|None|None|None|None|None"][0]

@@ -42,10 +42,10 @@ def test_bad_input_is_one_line_and_nonzero_exit(cli):
         assert code == 2 and len(lines) == 1 and needle in lines[0], err
 
 
-def test_unknown_option_is_a_usage_error_not_a_traceback():
-    proc = _cli("sites", "--no-such-option", "1")
-    assert proc.returncode == 2, proc.stderr
-    assert "No such option: --no-such-option" in proc.stderr and "Traceback" not in proc.stderr
+def test_unknown_option_is_a_usage_error_not_a_traceback(cli):
+    code, _, err = cli("sites", "--no-such-option", "1")
+    assert code == 2, err
+    assert "No such option: --no-such-option" in err and "Traceback" not in err
 
 
 def test_optimize_flags_default_to_the_search_options_defaults():

@@ -20,14 +20,21 @@ def run_dir(screened_run, tmp_path_factory):
     return copy
 
 
-def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
-    made = build_report(run_dir, tmp_path / "rep")
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory):
+    """One report of the run, built once: (what build_report returned, its folder)."""
+    folder = tmp_path_factory.mktemp("built") / "rep"
+    return build_report(run_dir, folder), folder
+
+
+def test_report_writes_every_figure_table_and_page(run_dir, report):
+    made, folder = report
     for name in ("savings_vs_drop", "savings_vs_eps", "modes_bars", "per_site", "masks_by_site", "masks_of_site",
                  *(f"trajectory_{m}" for m in MODES)):  # fmt: skip
         assert name in made["figures"]
         for ext in ("png", "svg"):
-            assert (tmp_path / "rep" / f"{name}.{ext}").stat().st_size > 1000
-    table = (tmp_path / "rep" / "table.md").read_text()
+            assert (folder / f"{name}.{ext}").stat().st_size > 1000
+    table = (folder / "table.md").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     layer3 = summary["modes"]["uniform-layer"]["eps"]["5"]
     row = next(line for line in table.splitlines() if line.startswith("| uniform-layer"))
@@ -38,7 +45,7 @@ def test_report_writes_every_figure_table_and_page(run_dir, tmp_path):
     assert f"{b['macs_saved_pct_network']:.2f} ({b['macs_saved_pct_sites']:.2f}) / {b['drop']:.2f}" in row
     drops = next(line for line in table.splitlines() if line.startswith("| uniform-layer | 5 |"))
     assert drops.split(" | ")[2:5] == [f"{layer3[k]:.2f}" for k in ("calib_drop", "check_drop", "test_drop")]
-    page = (tmp_path / "rep" / "report.html").read_text()
+    page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(made["figures"])
     assert "src='http" not in page and 'src="http' not in page  # self-contained: nothing fetched
     assert summary["modes"]["uniform-patch"]["screen"]["sample"] == 10 and "Spearman" in page
@@ -66,8 +73,8 @@ def _chromium():
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it when run as root)")
-def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(run_dir, tmp_path):
-    made = build_report(run_dir, tmp_path / "rep")
+def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(report, tmp_path):
+    made = report[0]
     page = "file://" + os.path.abspath(made["html"])
     args = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
             "--virtual-time-budget=5000", "--user-data-dir=" + str(tmp_path / "profile")]  # fmt: skip
@@ -83,7 +90,7 @@ def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(run_di
     assert not console_errors, console_errors
 
 
-def test_sigkill_of_report_then_a_rerun_writes_the_same_files(run_dir, tmp_path):
+def test_sigkill_of_report_then_a_rerun_writes_the_same_files(run_dir, report, tmp_path):
     """kill -9 while the report writes its files (once its first file exists), then the same command:
     the same set of files, table.md byte-equal to an uninterrupted report's, no temporary files left."""
     import signal
@@ -91,7 +98,7 @@ def test_sigkill_of_report_then_a_rerun_writes_the_same_files(run_dir, tmp_path)
     import sys
     import time
 
-    reference = build_report(run_dir, tmp_path / "whole")
+    reference, whole = report  # an uninterrupted report of the same run
     out = tmp_path / "killed"
     args = [sys.executable, "-c", "from crossneuron.cli import main; main()", "report", str(run_dir), "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,5 +111,5 @@ def test_sigkill_of_report_then_a_rerun_writes_the_same_files(run_dir, tmp_path)
     assert not (out / "report.html").exists()
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
     assert (out / "table.md").read_text() == reference["table"]

@@ -4,15 +4,17 @@ from .errors import CrossneuronError
 from .models import MODELS, build_model, model_names
 from .net import PredictiveNet, SiteStats, Stats, attach
 from .patterns import code_to_pattern, diagonal, enumerate_patterns, pattern_codes, pattern_to_code
+from .search.ray_engine import RayBackend
 from .sites import Site
 from .tensors import optimize
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "MODELS",
     "CrossneuronError",
     "PredictiveNet",
+    "RayBackend",
     "Site",
     "SiteStats",
     "Stats",

@@ -330,6 +330,13 @@ def optimize(
     device: str = "cpu",
     other_data: OtherData = False,
     dry_run: Annotated[bool, typer.Option(help="print evaluations per stage and an estimated time")] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (this process) or ray (each evaluation split by images over Ray workers)")
+    ] = "local",
+    workers: Annotated[int, typer.Option(help="--backend ray: workers (actors), one CPU each")] = 2,
+    ray_address: Annotated[
+        str | None, typer.Option(help="--backend ray: a running cluster (auto, HOST:PORT); default: start a local one")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: bool = False,
 ):
@@ -344,6 +351,13 @@ def optimize(
     given = {k: v for k, v in locals().items() if k in {f.name for f in dataclasses.fields(SearchOptions)}}
     # every option named like a SearchOptions field passes as it is; these three are parsed first
     options = SearchOptions(**{**given, "modes": parse_modes(mode), "ones": _ones(ones), "eps": _floats(eps, "--eps")})
+    if backend not in ("local", "ray"):
+        raise CrossneuronError(f"unknown --backend '{backend}': choose local or ray")
+    from .search.ray_engine import RayBackend
+
+    on_ray = RayBackend(workers, ray_address) if backend == "ray" else None
+    if on_ray is not None:
+        on_ray.check()
     ctx = open_checkpoint(checkpoint, data_root, device, other_data=other_data)
     options.check(len(ctx.split.val))
     if dry_run:
@@ -373,7 +387,7 @@ def optimize(
                 tasks[stage] = bar.add_task(stage, total=total, best=best)
             bar.update(tasks[stage], completed=done, total=total, best=best)
 
-        summary = opt.optimize(ctx, options, out, engine, progress, check, reuse or [])
+        summary = opt.optimize(ctx, options, out, engine, progress, check, reuse or [], on_ray)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

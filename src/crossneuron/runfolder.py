@@ -24,6 +24,7 @@ from .patterns import diagonal
 from .result import Result, export_masks, masks_json, trajectory_json, write_result
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
+from .search.ray_engine import RayBackend
 from .search.run import MODES, ModeResult, Search, SearchOptions, coupled_units
 from .search.store import Store, reusable_records
 from .splits import indices_hash, normalise
@@ -68,14 +69,21 @@ def check_images(ctx: Context, calib: int, seed: int, size: int = DEFAULT_CHECK)
     return x[idx], y[idx], indices_hash(ctx.split.val[idx])
 
 
-def make_engine(name: str, ctx: Context, options: SearchOptions):
+def make_engine(name: str, ctx: Context, options: SearchOptions, backend: RayBackend | None = None):
+    """The calibration images' engine ``name`` in this process, or with ``backend`` on Ray workers."""
     if name not in ENGINES:
         raise CrossneuronError(f"unknown engine '{name}': choose {', '.join(ENGINES)}")
+    if backend is not None:
+        backend.check()
     x, y, calib_hash = calibration(ctx, options.calib, options.seed)
     net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
     coupled_units(net, options.couple)  # a bad --couple fails before the engine's base pass
-    engine = ENGINES[name](net, normalise(x, ctx.spec).to(ctx.device), y.to(ctx.device), options.batch_size)
-    return net, engine, calib_hash
+    x, y = normalise(x, ctx.spec).to(ctx.device), y.to(ctx.device)
+    if backend is not None:
+        from .search.ray_engine import RayEngine
+
+        return net, RayEngine(net, x, y, options.batch_size, backend, inner=name), calib_hash
+    return net, ENGINES[name](net, x, y, options.batch_size), calib_hash
 
 
 def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, test, check) -> dict:
@@ -103,16 +111,18 @@ REUSE_SAME = ("weights_hash", "val_hash", "calib_hash", "options.patch_size", "o
 
 
 def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None,
-             check: int = DEFAULT_CHECK, reuse: list[str | Path] = ()) -> dict:  # fmt: skip
+             check: int = DEFAULT_CHECK, reuse: list[str | Path] = (),
+             backend: RayBackend | None = None) -> dict:  # fmt: skip
     """Run the search and write its results; returns the summary (also in summary.json). ``check``: how many
     check images (SPEC 5) every result is also measured on (fewer where the calibration leaves fewer).
     ``reuse``: run folders (or their records.sqlite) on the same weights, calibration images, patch size,
-    GT and batch size, whose exact records this search takes instead of evaluating the same masks again."""
+    GT and batch size, whose exact records this search takes instead of evaluating the same masks again.
+    ``backend``: evaluate on Ray workers (``search.ray_engine``) instead of in this process."""
     options.check(len(ctx.split.val))
     if isinstance(check, bool) or not isinstance(check, int) or check < 0:
         raise CrossneuronError(f"--check must be a number of images >= 0, got {check!r}")
     out = output_folder(out, create=False)  # checked now, made once the options have passed
-    net, engine, calib_hash = make_engine(engine_name, ctx, options)
+    net, engine, calib_hash = make_engine(engine_name, ctx, options, backend)
     identity = {
         "checkpoint": str(ctx.path.resolve()),
         "weights_hash": ctx.weights_hash,

@@ -104,11 +104,12 @@ def tensor_context(model: torch.nn.Module, val: Pairs, test: Pairs, out: str | P
 
 def optimize(model: torch.nn.Module, val: Pairs, test: Pairs, out: str | Path, eps: Iterable[float] = (0, 0.5, 1, 3),
              mode: str = "uniform-layer", calib: int | None = None, check: int | None = None, engine: str = "fast",
-             progress=None, **options) -> dict:  # fmt: skip
+             progress=None, backend=None, **options) -> dict:  # fmt: skip
     """Search ``model``'s masks on ``val`` and report them on ``test`` (see the module's text); returns the
     summary (summary.json). ``calib``: calibration images (default: 1,000, at most half of val);
     ``check``: check images (default: 1,000, at most the rest of val); ``options``: any other
-    ``SearchOptions`` field (``patch_size``, ``budget``, ``optimizer``, ``screen``, ``refine`` ...)."""
+    ``SearchOptions`` field (``patch_size``, ``budget``, ``optimizer``, ``screen``, ``refine`` ...);
+    ``backend``: ``crossneuron.RayBackend(workers=...)`` evaluates on Ray workers."""
     from .runfolder import optimize as run
 
     ctx = tensor_context(model, val, test, out)
@@ -119,4 +120,4 @@ def optimize(model: torch.nn.Module, val: Pairs, test: Pairs, out: str | Path, e
     if unknown:
         raise CrossneuronError(f"unknown search option(s) {', '.join(sorted(unknown))}: see SearchOptions")
     search = SearchOptions(modes=parse_modes(mode), eps=[float(e) for e in eps], calib=calib, **options)
-    return run(ctx, search, out, engine, progress, check)
+    return run(ctx, search, out, engine, progress, check, backend=backend)
