@@ -415,8 +415,15 @@ def test_slope_candidates_are_pareto_optimal_by_brute_force(ckpt, tmp_path):
     opts = SearchOptions(modes=["max-granularity"], combine="slope", **{**OPTIONS, "ones": (1, 2)})
     net, engine, _ = make_engine("naive", ctx, opts)
     search = Search(net, engine, Store(tmp_path / "records.sqlite", {"test": 1}), opts)
-    first = first_level(search.stages, MODES["max-granularity"])
-    site = 1
+    site, mode = 1, MODES["max-granularity"]
+
+    class TwoChannels:  # the mode's targets in channels 0 and 1 of the site: all this test reads
+        name, below_site = mode.name, mode.below_site
+
+        def targets(self, channels, blocks):
+            return [t for t in mode.targets(channels, blocks) if t[0] == site and t[1] < 2]
+
+    first = first_level(search.stages, TwoChannels())
     units = {(site, c, None): [first[(site, c, b)] for b in range(search.space.blocks()[site])] for c in range(2)}
     made = quantize(search.stages, "max-granularity", "patch", units)
     checked = 0

@@ -123,75 +123,79 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
         raise CrossneuronError(f"--check must be a number of images >= 0, got {check!r}")
     out = output_folder(out, create=False)  # checked now, made once the options have passed
     net, engine, calib_hash = make_engine(engine_name, ctx, options, backend)
-    identity = {
-        "checkpoint": str(ctx.path.resolve()),
-        "weights_hash": ctx.weights_hash,
-        "val_hash": ctx.meta["val_hash"],
-        "calib_hash": calib_hash,
-        "options": options.identity(),
-        "version": __version__,
-    }
-    reused = [row for other in reuse for row in reusable_records(other, identity, REUSE_SAME)]  # before any write
-    output_folder(out)
-    with folder_lock(out):  # one writer per run folder
-        store = Store(out / "records.sqlite", identity)
-        store.reuse(reused)
-        t0 = time.perf_counter()
-        search = Search(net, engine, store, options, progress)
-        base = search.base
-        x_test, y_test = ctx.data("test")
-        x_check, y_check, check_hash = check_images(ctx, options.calib, options.seed, check)
-        test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
-        baseline = None
-        if search.baseline is not None:
-            baseline = diagonal_baseline(search, ctx, options, test_net, (x_test, y_test), (x_check, y_check))
-            write_json(out / "baseline.json", baseline)
-        summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "check_images": len(y_check),
-                   "budget": options.budget, "baseline": baseline, "modes": {}}  # fmt: skip
+    try:
+        identity = {
+            "checkpoint": str(ctx.path.resolve()),
+            "weights_hash": ctx.weights_hash,
+            "val_hash": ctx.meta["val_hash"],
+            "calib_hash": calib_hash,
+            "options": options.identity(),
+            "version": __version__,
+        }
+        reused = [row for other in reuse for row in reusable_records(other, identity, REUSE_SAME)]  # before any write
+        output_folder(out)
+        with folder_lock(out):  # one writer per run folder
+            store = Store(out / "records.sqlite", identity)
+            store.reuse(reused)
+            t0 = time.perf_counter()
+            search = Search(net, engine, store, options, progress)
+            base = search.base
+            x_test, y_test = ctx.data("test")
+            x_check, y_check, check_hash = check_images(ctx, options.calib, options.seed, check)
+            test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+            baseline = None
+            if search.baseline is not None:
+                baseline = diagonal_baseline(search, ctx, options, test_net, (x_test, y_test), (x_check, y_check))
+                write_json(out / "baseline.json", baseline)
+            summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "check_images": len(y_check),
+                       "budget": options.budget, "baseline": baseline, "modes": {}}  # fmt: skip
 
-        def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
-            """The trajectory's best configuration within ``eps``, measured on the test split and written."""
-            step, plans = mode.best(base, eps)
-            masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
-            test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
-            held = measure(test_net, ctx.spec, x_check, y_check, masks, options.batch_size, ctx.device) \
-                if len(y_check) else None  # fmt: skip
-            result = Result(
-                mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
-                val_hash=identity["val_hash"], calib_hash=calib_hash, patch_size=options.patch_size,
-                options=options.identity(), masks=masks_json(net, plans, search.space.sides),
-                calib_accuracy=step.result.accuracy, calib_base_accuracy=base.accuracy,
-                calib_drop=base.accuracy - step.result.accuracy,
-                calib_macs_saved_pct_network=pct(step.result.macs_saved, base.images, net.network_macs),
-                check_accuracy=held.accuracy if held else None,
-                check_base_accuracy=held.base_accuracy if held else None, check_drop=held.drop if held else None,
-                check_images=len(y_check), check_hash=check_hash if held else None,
-                test_accuracy=test.accuracy, test_base_accuracy=test.base_accuracy, test_drop=test.drop,
-                macs_saved_pct_network=test.macs_saved_pct_network, macs_saved_pct_sites=test.macs_saved_pct_sites,
-                oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
-                mispredicted_rate=test.mispredicted_rate, test_images=test.images, per_site=list(test.per_site),
-                chosen_step=step.step, trajectory=trajectory_json(net, mode.units, mode.trajectory, base),
-            )  # fmt: skip
-            write_result(folder / "result.json", result)
-            export_masks(folder / "masks.safetensors", net, masks)
-            keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "check_drop",
-                    "test_accuracy", "test_drop", "macs_saved_pct_network", "macs_saved_pct_sites",
-                    "oracle_pct_network")  # fmt: skip
-            return {k: getattr(result, k) for k in keys}
+            def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
+                """The trajectory's best configuration within ``eps``, measured on the test split and written."""
+                step, plans = mode.best(base, eps)
+                masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
+                test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
+                held = measure(test_net, ctx.spec, x_check, y_check, masks, options.batch_size, ctx.device) \
+                    if len(y_check) else None  # fmt: skip
+                result = Result(
+                    mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
+                    val_hash=identity["val_hash"], calib_hash=calib_hash, patch_size=options.patch_size,
+                    options=options.identity(), masks=masks_json(net, plans, search.space.sides),
+                    calib_accuracy=step.result.accuracy, calib_base_accuracy=base.accuracy,
+                    calib_drop=base.accuracy - step.result.accuracy,
+                    calib_macs_saved_pct_network=pct(step.result.macs_saved, base.images, net.network_macs),
+                    check_accuracy=held.accuracy if held else None,
+                    check_base_accuracy=held.base_accuracy if held else None, check_drop=held.drop if held else None,
+                    check_images=len(y_check), check_hash=check_hash if held else None,
+                    test_accuracy=test.accuracy, test_base_accuracy=test.base_accuracy, test_drop=test.drop,
+                    macs_saved_pct_network=test.macs_saved_pct_network, macs_saved_pct_sites=test.macs_saved_pct_sites,
+                    oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
+                    mispredicted_rate=test.mispredicted_rate, test_images=test.images, per_site=list(test.per_site),
+                    chosen_step=step.step, trajectory=trajectory_json(net, mode.units, mode.trajectory, base),
+                )  # fmt: skip
+                write_result(folder / "result.json", result)
+                export_masks(folder / "masks.safetensors", net, masks)
+                keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "check_drop",
+                        "test_accuracy", "test_drop", "macs_saved_pct_network", "macs_saved_pct_sites",
+                        "oracle_pct_network")  # fmt: skip
+                return {k: getattr(result, k) for k in keys}
 
-        for result in search.run():
-            info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
-            if result.screen is not None:
-                info["screen"] = result.screen
-            for eps in options.eps:
-                info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
-            if baseline is not None:  # our saving at the diagonal baseline's accuracy: its calibration drop as budget
-                info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
-        summary["seconds"] = time.perf_counter() - t0
-        summary["evaluations"] = store.count()
-        write_json(out / "summary.json", summary)
-        store.close()
-        return summary
+            for result in search.run():
+                info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
+                if result.screen is not None:
+                    info["screen"] = result.screen
+                for eps in options.eps:
+                    info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
+                if baseline is not None:  # our saving at the diagonal baseline's accuracy (its calibration drop)
+                    info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
+            summary["seconds"] = time.perf_counter() - t0
+            summary["evaluations"] = store.count()
+            write_json(out / "summary.json", summary)
+            store.close()
+            return summary
+    finally:  # a Ray backend frees its workers now, not when the engine is collected
+        if hasattr(engine, "close"):
+            engine.close()
 
 
 __all__ = ["MODES", "calibration", "check_images", "make_engine", "optimize"]
