@@ -28,3 +28,21 @@ def predict_loop(x: torch.Tensor, mask: torch.Tensor, p: int):
                             mispredicted += value(i, j) != 0
                             out[b, ch, i, j] = 0
     return out, predicted, mispredicted
+
+
+def run_capturing(net, x):
+    """Reset ``net``'s statistics, run ``x`` once without gradients and return every site's input to its
+    Spatial layer (the activation before prediction), by site index."""
+    captured = {}
+    hooks = [
+        net.spatial(s).register_forward_pre_hook(lambda m, a, i=s.index: captured.__setitem__(i, a[0].clone()))
+        for s in net.sites
+    ]
+    net.reset_stats()
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured

@@ -9,7 +9,7 @@ import crossneuron as cn
 from crossneuron.errors import CrossneuronError
 
 from conftest import sparse_relu_map
-from reference import predict_loop
+from reference import predict_loop, run_capturing
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +51,8 @@ def test_stats_match_a_loop_over_sites(small):
     for s in net.sites:
         c, h, w = net.spatial(s).mask.shape
         net.set_mask(s, torch.rand(c, h, w, generator=g) < 0.5)
-    captured = {}
-    hooks = [
-        net.spatial(s).register_forward_pre_hook(lambda m, a, i=s.index: captured.__setitem__(i, a[0].clone()))
-        for s in net.sites
-    ]
     x = torch.randn(3, 3, 16, 16)
-    net.reset_stats()
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
+    captured = run_capturing(net, x)
     stats = net.stats()
     saved = oracle = mis = 0
     for s in net.sites:

@@ -10,7 +10,7 @@ from torch import nn
 import crossneuron as cn
 from crossneuron.cli import site_table
 
-from reference import predict_loop
+from reference import predict_loop, run_capturing
 
 
 class Structures(nn.Module):
@@ -87,17 +87,8 @@ def test_saved_and_oracle_macs_match_a_loop_reference_channel_by_channel(model, 
     g = torch.Generator().manual_seed(p)
     for s in net.sites:
         net.set_mask(s, torch.rand(tuple(net.spatial(s).mask.shape), generator=g) < 0.4)
-    captured = {}
-    hooks = [
-        net.spatial(s).register_forward_pre_hook(lambda m, a, i=s.index: captured.__setitem__(i, a[0].clone()))
-        for s in net.sites
-    ]
     x = torch.randn(6, 3, 8, 8, generator=g)
-    net.reset_stats()
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
+    captured = run_capturing(net, x)
     stats = net.stats()
     total_saved = 0
     for s in net.sites:
