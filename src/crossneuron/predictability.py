@@ -62,11 +62,12 @@ class Predictability:
         self.net, self.slack = net, slack
         self.inputs: list[tuple[Spatial, torch.Tensor]] = []
         self.handles = []
+        self.macs: dict[int, torch.Tensor] = {}  # per Spatial layer (by id): MACs per output of each channel
 
     def __enter__(self) -> Predictability:
         for site in self.net.sites:
             layer = self.net.spatial(site)
-            layer._pred_macs = torch.tensor(site.per_channel, device=layer.mask.device)
+            self.macs[id(layer)] = torch.tensor(site.per_channel, device=layer.mask.device)
             self.handles.append(layer.register_forward_pre_hook(self._keep))
         return self
 
@@ -84,7 +85,7 @@ class Predictability:
         total = None
         images = 1
         for layer, x in self.inputs:
-            part = patch_penalty(x, layer.mask, layer.patch_size, layer._pred_macs, self.slack)
+            part = patch_penalty(x, layer.mask, layer.patch_size, self.macs[id(layer)], self.slack)
             total = part if total is None else total + part
             images = x.shape[0]
         self.inputs = []

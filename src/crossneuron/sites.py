@@ -233,8 +233,9 @@ def _routes(act: fx.Node, modules: dict[str, nn.Module]) -> tuple[set[fx.Node], 
             return memo[node]
         c = _channels(node)
         routes: list[tuple[fx.Node, np.ndarray]] = []
-        step = None if c is None or _conv_macs(node, modules) is not None else _step(node, modules)
-        if c is not None and _conv_macs(node, modules) is not None:
+        is_conv = _conv_macs(node, modules) is not None
+        step = None if c is None or is_conv else _step(node, modules)
+        if c is not None and is_conv:
             path.add(node)
             routes = [(node, np.arange(c))]
         elif step is not None:
