@@ -427,6 +427,31 @@ def report(
 
 
 @app.command()
+def compare(
+    run_dir: Annotated[str, typer.Argument(help="run folder written by `crossneuron optimize`")],
+    zap_epochs: Annotated[int, typer.Option(help="epochs of label-free ZAP predictor training")] = 2,
+    zap_images: Annotated[int, typer.Option(help="train images the ZAP predictors learn from")] = 10000,
+    zap_lr: Annotated[float, typer.Option(help="Adam learning rate of the ZAP predictors")] = 1e-3,
+    snapea_images: Annotated[int, typer.Option(help="test images SnaPEA's exact mode is counted on (slow)")] = 100,
+    period: Annotated[int, typer.Option(help="SnaPEA: terms between two sign checks")] = 1,
+    zap: Annotated[bool, typer.Option(help="measure ZAP")] = True,
+    snapea: Annotated[bool, typer.Option(help="measure SnaPEA exact, alone and combined with the masks")] = True,
+    data_root: DataRoot = None,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """The field side by side on the run's checkpoint: the 2018 diagonal, the search, retraining, ZAP,
+    SnaPEA exact and spatial masks combined with SnaPEA; writes RUN_DIR/compare/."""
+    from .compare import compare as run
+    from .compare import markdown
+
+    log = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
+    cmp = run(run_dir, data_root, device, log, zap=zap, snapea=snapea, zap_epochs=zap_epochs, zap_images=zap_images,
+              zap_lr=zap_lr, snapea_images=snapea_images, period=period)  # fmt: skip
+    typer.echo(json.dumps(cmp, indent=2) if as_json else markdown(cmp))
+
+
+@app.command()
 def retrain(
     checkpoint: Annotated[str, typer.Option(help="checkpoint folder the masks were searched on")],
     masks: Annotated[str, typer.Option(help="a result.json written by `crossneuron optimize`")],

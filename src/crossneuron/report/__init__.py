@@ -59,7 +59,14 @@ def _figures(run: Run, folder: Path) -> list[tuple[str, dict]]:
     fig = figures.strategies(run)
     if fig is not None:
         out.append(("Retraining strategies: MACs saved against test drop", _save(fig, folder, "strategies")))
+    fig = figures.peers(run)
+    if fig is not None:
+        out.append(("The field side by side: MACs saved against test drop", _save(fig, folder, "peers")))
     return out
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -133,6 +140,12 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
               "<h2>Options</h2>", _table(["option", "value"], options),
               "<h2>Timings (seconds)</h2>", _table(["mode", "seconds"], timing),
               _table(["mode", "stage", "evaluations", "estimated", "cut short", "engine seconds"], stages)]  # fmt: skip
+    if run.compare:
+        parts += ["<h2>The field side by side (<code>crossneuron compare</code>)</h2>",
+                  _table(["scheme", "setting", "MACs saved (% of network)", "test drop (points)", "note"],
+                         [[r["scheme"], r["setting"], _num(r["macs_saved_pct_network"]), _num(r["test_drop"]),
+                           r["note"]] for r in run.compare["rows"]]),
+                  f"<p>Oracle {run.compare['oracle_pct_network']:.2f}% of network MACs.</p>"]  # fmt: skip
     if screen:
         parts += ["<h2>Screening proxy against exact evaluation</h2>",
                   _table(["mode", "sample", "Spearman rank correlation", "mean |error| (points)", "estimated records"],

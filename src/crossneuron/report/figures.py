@@ -286,3 +286,27 @@ def strategies(run: Run):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def peers(run: Run):
+    """Every scheme of ``crossneuron compare`` on one plane: MACs saved against test drop, the oracle above."""
+    if not run.compare:
+        return None
+    rows = [r for r in run.compare["rows"] if r["macs_saved_pct_network"] is not None and r["test_drop"] is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    kinds = list(dict.fromkeys(r["scheme"] for r in rows))
+    for i, kind in enumerate(kinds):
+        pts = sorted((r["test_drop"], r["macs_saved_pct_network"]) for r in rows if r["scheme"] == kind)
+        ax.plot(*zip(*pts, strict=True), "o-" if len(pts) > 1 else "o", color=f"C{i % 10}", label=kind)
+    oracle = run.compare["oracle_pct_network"]
+    ax.axhline(oracle, color="gray", linestyle="--", label=f"oracle ({oracle:.1f}%)")
+    ax.axvline(0, color="lightgray", linewidth=0.8)
+    ax.set_xlabel("test accuracy drop (points; retrained: against the original model)")
+    ax.set_ylabel("MACs saved (% of network, test split)")
+    ax.set_title("The field side by side (SnaPEA and combined: counted on the first test images)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -30,6 +30,7 @@ class Run:
     records: dict = field(default_factory=dict)  # stage counts, estimated, cut short, seconds
     retrain: list[dict] = field(default_factory=list)  # retrain.json files found under the run
     rounds: list[dict] = field(default_factory=list)  # rounds.json files (retrain --rounds) found under the run
+    compare: dict | None = None  # compare/compare.json (`crossneuron compare`), where present
 
     @property
     def modes(self) -> list[str]:
@@ -65,7 +66,9 @@ def load_run(path: str | Path) -> Run:
         raise CrossneuronError(f"{path / 'summary.json'} lists no modes: the search did not finish; re-run it")
     retrain = [_json(p) for p in sorted(path.glob("retrain*/retrain.json"))]
     rounds = [_json(p) for p in sorted(path.glob("retrain*/rounds.json"))]
-    return Run(path, summary, baseline, results, at_baseline, _records(path / "records.sqlite"), retrain, rounds)
+    peers = _json(path / "compare" / "compare.json") if (path / "compare" / "compare.json").exists() else None
+    return Run(path, summary, baseline, results, at_baseline, _records(path / "records.sqlite"), retrain, rounds,
+               peers)
 
 
 def strategy(record: dict) -> str:
