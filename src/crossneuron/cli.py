@@ -429,9 +429,9 @@ def report(
 @app.command()
 def compare(
     run_dir: Annotated[str, typer.Argument(help="run folder written by `crossneuron optimize`")],
-    zap_epochs: Annotated[int, typer.Option(help="epochs of label-free ZAP predictor training")] = 2,
+    zap_epochs: Annotated[int, typer.Option(help="epochs of label-free ZAP predictor training")] = 3,
     zap_images: Annotated[int, typer.Option(help="train images the ZAP predictors learn from")] = 10000,
-    zap_lr: Annotated[float, typer.Option(help="Adam learning rate of the ZAP predictors")] = 1e-3,
+    zap_lr: Annotated[float, typer.Option(help="Adam learning rate of the ZAP predictors")] = 0.03,
     snapea_images: Annotated[int, typer.Option(help="test images SnaPEA's exact mode is counted on (slow)")] = 100,
     period: Annotated[int, typer.Option(help="SnaPEA: terms between two sign checks")] = 1,
     zap: Annotated[bool, typer.Option(help="measure ZAP")] = True,
@@ -502,9 +502,11 @@ def retrain(
             return
         for r in summary["rounds"]:
             s = r["searched"]
+            c = r.get("chosen", s)
             typer.echo(f"round {r['round']}: searched at eps {r['eps_searched']:g}: {s['macs_saved_pct_network']:.2f}% "
                        f"of network MACs saved at a test drop of {s['drop_vs_original']:.2f} against the original "
-                       f"model (oracle {s['oracle_pct_network']:.2f}%)")  # fmt: skip
+                       f"model (oracle {s['oracle_pct_network']:.2f}%); kept the {r.get('kept', 'searched')} masks: "
+                       f"{c['macs_saved_pct_network']:.2f}% at {c['drop_vs_original']:.2f}")  # fmt: skip
         return
 
     record = run(checkpoint, masks, out, data_root=data_root, device=device, resume=resume,

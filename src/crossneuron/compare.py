@@ -40,10 +40,10 @@ from .runfolder import calibration
 from .search.budget import get_budget
 from .snapea import measure as snapea_measure
 from .splits import normalise
-from .zap import Zap, choose_threshold
+from .zap import Zap, pick, threshold_grid
 from .zap import evaluate as zap_evaluate
 
-DEFAULTS = {"zap_epochs": 2, "zap_images": 10000, "zap_lr": 1e-3, "snapea_images": 100, "period": 1}
+DEFAULTS = {"zap_epochs": 3, "zap_images": 10000, "zap_lr": 0.03, "snapea_images": 100, "period": 1}
 
 
 def _reuse(path: Path, options: dict) -> dict | None:
@@ -79,9 +79,9 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     else:
         x, _ = ctx.data("train")
         n = min(opts["zap_images"], len(x))
-        pick = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[:n]))
+        some = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[:n]))
         zap = Zap(net)
-        history = zap.fit(x[pick], ctx.spec, epochs=opts["zap_epochs"], lr=opts["zap_lr"], device=ctx.device, log=log)
+        history = zap.fit(x[some], ctx.spec, epochs=opts["zap_epochs"], lr=opts["zap_lr"], device=ctx.device, log=log)
         zap.save(weights)
         write_json(folder / "zap-train.json", opts)
     train_seconds = time.perf_counter() - t0
@@ -89,13 +89,16 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     xc, yc, _ = calibration(ctx, o["calib"], o["seed"])
     budget = get_budget(o.get("budget", "net"))
     x_test, y_test = ctx.data("test")
-    rows = {}
+    grid = threshold_grid(zap, xc, yc, ctx.spec, budget, batch_size=o["batch_size"], device=ctx.device)
+    base, _, _ = zap_evaluate(zap, x_test, y_test, ctx.spec, None, o["batch_size"], ctx.device)
+    rows, measured = {}, {}
     for eps in run.eps:
-        t, grid = choose_threshold(zap, xc, yc, ctx.spec, eps, budget, batch_size=o["batch_size"], device=ctx.device)
-        row = {"eps": eps, "threshold": t, "calib_grid": grid}
+        t = pick(grid, eps)
+        row = {"eps": eps, "threshold": t}
         if t is not None:
-            base, _, _ = zap_evaluate(zap, x_test, y_test, ctx.spec, None, o["batch_size"], ctx.device)
-            res, counts, _ = zap_evaluate(zap, x_test, y_test, ctx.spec, t, o["batch_size"], ctx.device)
+            if t not in measured:
+                measured[t] = zap_evaluate(zap, x_test, y_test, ctx.spec, t, o["batch_size"], ctx.device)
+            res, counts, _ = measured[t]
             row.update(test_accuracy=res.accuracy, test_base_accuracy=base.accuracy,
                        test_drop=base.accuracy - res.accuracy, gross_saved_pct_network=counts.macs_saved_pct_network,
                        overhead_pct_network=counts.overhead_pct_network,
@@ -106,7 +109,8 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
             else ", none within"  # fmt: skip
         log(f"ZAP eps {eps:g}: threshold {t}{said}")
     out = {"options": opts, "pattern_code": zap.code, "train_loss": history, "train_seconds": train_seconds,
-           "overhead_pct_network": 100.0 * zap.overhead_macs() / net.network_macs, "eps": rows}  # fmt: skip
+           "overhead_pct_network": 100.0 * zap.overhead_macs() / net.network_macs, "budget": budget.name,
+           "calib_grid": grid, "eps": rows}  # fmt: skip
     write_json(folder / "zap.json", out)
     return out
 

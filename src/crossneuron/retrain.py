@@ -106,7 +106,8 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         write_result(out / "result.json", dataclasses.replace(
             data, checkpoint=str(out.resolve()), weights_hash=new.weights_hash, retrained_from=record["checkpoint"],
             calib_accuracy=calib["accuracy"], calib_base_accuracy=calib["no_prediction_accuracy"],
-            calib_drop=calib["drop"], **_check_fields(record["after"].get("check")), test_accuracy=after["accuracy"],
+            calib_drop=calib["drop"], calib_macs_saved_pct_network=calib["macs_saved_pct_network"],
+            **_check_fields(record["after"].get("check")), test_accuracy=after["accuracy"],
             test_base_accuracy=after["no_prediction_accuracy"],
             test_drop=after["drop"], macs_saved_pct_network=after["macs_saved_pct_network"],
             macs_saved_pct_sites=after["macs_saved_pct_sites"], oracle_pct_network=after["oracle_pct_network"],
@@ -140,6 +141,19 @@ def search_options(identity: dict) -> SearchOptions:
     return SearchOptions(**o)
 
 
+def keep_better(original: Result, searched: Path, retrained: Path) -> tuple[str, Path]:
+    """Which masks a round hands on, judged on calibration images only: the new search's (``searched``)
+    or the ones the round retrained with, measured on the retrained network (``retrained``). Of those
+    whose calibration drop against the *original* model is within its epsilon, the one saving more
+    calibration MACs (the search on a tie); the search's when neither is."""
+    candidates = [("searched", searched, load_result(searched)), ("retrained", retrained, load_result(retrained))]
+    within = [c for c in candidates if original.calib_base_accuracy - c[2].calib_accuracy <= original.eps + 1e-9]
+    if not within:
+        return "searched", searched
+    name, path, _ = max(within, key=lambda c: (c[2].calib_macs_saved_pct_network, c[0] == "searched"))
+    return name, path
+
+
 def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fast", progress=None,
            data_root=None, device: str = "cpu", other_data: bool = False, **train_options) -> dict:  # fmt: skip
     """Search-retrain rounds (``retrain --rounds N``): round k retrains the previous round's network with
@@ -147,7 +161,9 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
     ``out/round-k``, then searches that network again (``round-k/search``, the result's mode and options)
     with the budget held against the *original* model: epsilon_k = epsilon - (the original's
     no-prediction calibration accuracy - round k's), at least 0. Each round's numbers go to
-    ``round-k/round.json``; a finished round is never run again, so a killed run resumes where it
+    ``round-k/round.json``. The round hands on the better of the new search's masks and the ones it
+    retrained with (``keep_better``, on calibration images), recorded as ``kept`` / ``chosen``; a
+    finished round is never run again, so a killed run resumes where it
     stopped. Returns ``{"rounds": [...]}``, also written to ``out/rounds.json``."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise CrossneuronError(f"--rounds must be a number of rounds >= 1, got {count!r}")
@@ -174,12 +190,16 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
             optimize(new, searched, folder / "search", engine, progress)
             found = folder / "search" / data.mode / f"eps-{eps:g}" / "result.json"
             after = _measure(new.model, new, load_result(found), x_test, y_test, searched.batch_size)
+            searched_numbers = {**after, "drop_vs_original": data.test_base_accuracy - after["accuracy"]}
+            kept, kept_path = keep_better(data, found, folder / "result.json")
+            chosen = searched_numbers if kept == "searched" else record["after"]["test"]
             write_json(path, {
                 "round": k, "checkpoint": str(folder.resolve()), "masks_in": str(Path(masks).resolve()),
-                "masks_out": str(found.resolve()), "eps": data.eps, "eps_searched": eps,
+                "masks_out": str(kept_path.resolve()), "kept": kept, "eps": data.eps, "eps_searched": eps,
                 "original_test_accuracy": data.test_base_accuracy,
                 "retrained": {"test": record["after"]["test"], "calib": record["after"]["calib"]},
-                "searched": {**after, "drop_vs_original": data.test_base_accuracy - after["accuracy"]},
+                "searched": searched_numbers,
+                "chosen": {**chosen, "drop_vs_original": data.test_base_accuracy - chosen["accuracy"]},
                 "train_seconds": record["train_seconds"], "seconds": record["seconds"],
             })  # fmt: skip
         round_record = json.loads(path.read_text())

@@ -39,7 +39,7 @@ from .macs import pct
 from .net import PredictiveNet
 from .patterns import code_to_pattern, diagonal, pattern_to_code
 from .precision import full_fp32
-from .search.budget import Budget
+from .search.budget import TOLERANCE, Budget
 from .search.records import EvalResult
 from .splits import batches
 
@@ -148,7 +148,7 @@ class Zap(nn.Module):
             for h in handles:
                 h.remove()
 
-    def fit(self, x: torch.Tensor, spec, epochs: int = 2, lr: float = 1e-3, batch_size: int = 128,
+    def fit(self, x: torch.Tensor, spec, epochs: int = 3, lr: float = 0.03, batch_size: int = 128,
             device: str = "cpu", seed: int = 0, log=None) -> list[float]:  # fmt: skip
         """Train every predictor on images ``x`` (labels unused); returns the mean loss of each epoch."""
         if epochs < 1:
@@ -271,21 +271,30 @@ def with_flips(result: EvalResult, right: torch.Tensor, base_right: torch.Tensor
                       mispredicted=result.mispredicted, lost=lost)  # fmt: skip
 
 
-def choose_threshold(zap: Zap, x, y, spec, eps: float, budget: Budget, thresholds=THRESHOLDS,
-                     batch_size: int = 500, device: str = "cpu") -> tuple[float | None, list[dict]]:  # fmt: skip
-    """The grid threshold with the largest saving whose calibration record on (x, y) is within ``eps``
-    under ``budget`` (None where none is), and every threshold's record."""
+def threshold_grid(zap: Zap, x, y, spec, budget: Budget, thresholds=THRESHOLDS, batch_size: int = 500,
+                   device: str = "cpu") -> list[dict]:  # fmt: skip
+    """Every grid threshold's calibration record on (x, y): accuracy, drop, lost images, the budget
+    rule's charge, MACs saved (gross and net of the predictors)."""
     base, _, base_right = evaluate(zap, x, y, spec, None, batch_size, device)
     base = with_flips(base, base_right, base_right)
-    rows, best = [], None
+    rows = []
     for t in thresholds:
         r, counts, right = evaluate(zap, x, y, spec, t, batch_size, device)
         r = with_flips(r, right, base_right)
-        ok = budget.within(r, base, eps)
         rows.append({"threshold": t, "accuracy": r.accuracy, "drop": base.accuracy - r.accuracy, "lost": r.lost,
-                     "charge": budget.charge(r, base), "within": ok,
-                     "macs_saved_pct_network": counts.macs_saved_pct_network,
+                     "charge": budget.charge(r, base), "macs_saved_pct_network": counts.macs_saved_pct_network,
                      "net_saved_pct_network": counts.net_saved_pct_network})  # fmt: skip
-        if ok and (best is None or r.macs_saved > best[1]):
-            best = (t, r.macs_saved)
-    return (best[0] if best else None), rows
+    return rows
+
+
+def pick(rows: list[dict], eps: float) -> float | None:
+    """The threshold with the largest saving whose charge is within ``eps`` (None where none is)."""
+    ok = [r for r in rows if r["charge"] <= eps + TOLERANCE]
+    return max(ok, key=lambda r: (r["macs_saved_pct_network"], -r["threshold"]))["threshold"] if ok else None
+
+
+def choose_threshold(zap: Zap, x, y, spec, eps: float, budget: Budget, thresholds=THRESHOLDS,
+                     batch_size: int = 500, device: str = "cpu") -> tuple[float | None, list[dict]]:  # fmt: skip
+    """``pick`` on ``threshold_grid``: the chosen threshold and every threshold's record."""
+    rows = threshold_grid(zap, x, y, spec, budget, thresholds, batch_size, device)
+    return pick(rows, eps), [{**r, "within": r["charge"] <= eps + TOLERANCE} for r in rows]

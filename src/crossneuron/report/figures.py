@@ -271,8 +271,8 @@ def strategies(run: Run):
         ax.plot(*points[0], "o", mfc="white", color=color)
     for j, summary in enumerate(run.rounds):
         rows = summary["rounds"]
-        xs = [r["searched"]["drop_vs_original"] for r in rows]
-        ys = [r["searched"]["macs_saved_pct_network"] for r in rows]
+        xs = [r.get("chosen", r["searched"])["drop_vs_original"] for r in rows]
+        ys = [r.get("chosen", r["searched"])["macs_saved_pct_network"] for r in rows]
         ax.plot(xs, ys, "s-", color=f"C{(len(run.retrain) + j) % 10}",
                 label=f"{summary['mode']} eps {summary['eps']:g}: rounds 1-{len(rows)}")  # fmt: skip
         for r, x, y in zip(rows, xs, ys, strict=True):

@@ -79,11 +79,11 @@ def markdown(run: Run) -> str:
     for summary in run.rounds:
         lines += ["", f"Search-retrain rounds, {summary['mode']} eps {summary['eps']:g} (drops against the original "
                   "model's test accuracy):", "",
-                  "| round | eps searched | test accuracy | MACs saved (test) | oracle |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+                  "| round | eps searched | test accuracy | MACs saved (test) | oracle | masks kept |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for r in summary["rounds"]:
-            s = r["searched"]
+            s = r.get("chosen", r["searched"])  # rounds before 0.8 kept the search's masks
             lines.append(f"| {r['round']} | {r['eps_searched']:g} | {s['accuracy']:.2f} | "
                          f"{s['macs_saved_pct_network']:.2f} / {s['drop_vs_original']:.2f} | "
-                         f"{s['oracle_pct_network']:.2f} |")  # fmt: skip
+                         f"{s['oracle_pct_network']:.2f} | {r.get('kept', 'searched')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
