@@ -199,6 +199,11 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
         assert r["searched"]["drop_vs_original"] == pytest.approx(
             original["test_base_accuracy"] - r["searched"]["accuracy"])  # fmt: skip
         assert Path(r["masks_out"]).is_file()
+        kept = {"searched": r["searched"], "retrained": r["retrained"]["test"]}[r["kept"]]  # the masks handed on
+        assert r["chosen"]["accuracy"] == kept["accuracy"]
+        folder = Path(r["checkpoint"])
+        found = folder / "search" / "uniform-layer" / f"eps-{r['eps_searched']:g}" / "result.json"
+        assert Path(r["masks_out"]) == (folder / "result.json" if r["kept"] == "retrained" else found)
     # evaluate --masks reproduces the last round's searched numbers
     cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out / "round-2"), "--masks",
                                    second["masks_out"], "--split", "test", "--json"])  # fmt: skip
@@ -227,3 +232,30 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
     made = build_report(run, tmp_path / "rep")
     assert (tmp_path / "rep" / "strategies.png").stat().st_size > 1000
     assert f"| 2 | {second['eps_searched']:g} | {second['searched']['accuracy']:.2f} |" in made["table"]
+
+
+def test_a_round_keeps_the_better_masks_judged_on_calibration_images(searched, tmp_path):
+    """keep_better by hand: of the new search's masks and the retrained ones, those within epsilon of the
+    original's calibration accuracy that save more calibration MACs; the search's on a tie or when neither is."""
+    import dataclasses
+
+    from crossneuron.result import load_result, write_result
+    from crossneuron.retrain import keep_better
+
+    original = load_result(searched / "run" / "uniform-layer" / "eps-5" / "result.json")
+    base = original.calib_base_accuracy
+
+    def pair(searched_drop, searched_saved, retrained_drop, retrained_saved):
+        paths = []
+        for name, drop, saved in (("s", searched_drop, searched_saved), ("r", retrained_drop, retrained_saved)):
+            paths.append(tmp_path / f"{name}.json")
+            write_result(paths[-1], dataclasses.replace(original, calib_accuracy=base - drop,
+                                                        calib_macs_saved_pct_network=saved))  # fmt: skip
+        return keep_better(original, *paths)
+
+    assert pair(1.0, 10.0, 2.0, 12.0)[0] == "retrained"  # both within 5: more saved
+    assert pair(1.0, 12.0, 2.0, 10.0)[0] == "searched"
+    assert pair(1.0, 10.0, 2.0, 10.0)[0] == "searched"  # a tie
+    assert pair(1.0, 10.0, 5.5, 30.0)[0] == "searched"  # the retrained ones lose too much
+    assert pair(6.0, 10.0, 4.0, 3.0) == ("retrained", tmp_path / "r.json")
+    assert pair(6.0, 10.0, 7.0, 30.0)[0] == "searched"  # neither: the search's

@@ -40,7 +40,7 @@ from .runfolder import calibration
 from .search.budget import get_budget
 from .snapea import measure as snapea_measure
 from .splits import normalise
-from .zap import Zap, pick, threshold_grid
+from .zap import THRESHOLDS, Zap, pick, threshold_grid
 from .zap import evaluate as zap_evaluate
 
 DEFAULTS = {"zap_epochs": 3, "zap_images": 10000, "zap_lr": 0.03, "snapea_images": 100, "period": 1}
@@ -67,7 +67,7 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     """Train (or reuse) the predictors; choose a threshold per epsilon; measure on the test split."""
     opts = {k: options[k] for k in ("zap_epochs", "zap_images", "zap_lr")}
     opts["patch_size"] = run.any_result().patch_size
-    done = _reuse(folder / "zap.json", opts)
+    done = _reuse(folder / "zap.json", {**opts, "thresholds": list(THRESHOLDS)})
     if done:
         return done
     r0 = run.any_result()
@@ -108,7 +108,8 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
         said = f", {row['macs_saved_pct_network']:.2f}% net at test drop {row['test_drop']:.2f}" if t is not None \
             else ", none within"  # fmt: skip
         log(f"ZAP eps {eps:g}: threshold {t}{said}")
-    out = {"options": opts, "pattern_code": zap.code, "train_loss": history, "train_seconds": train_seconds,
+    out = {"options": {**opts, "thresholds": list(THRESHOLDS)}, "pattern_code": zap.code, "train_loss": history,
+           "train_seconds": train_seconds,
            "overhead_pct_network": 100.0 * zap.overhead_macs() / net.network_macs, "budget": budget.name,
            "calib_grid": grid, "eps": rows}  # fmt: skip
     write_json(folder / "zap.json", out)

@@ -22,6 +22,7 @@ from .macs import pct
 from .net import attach
 from .patterns import diagonal
 from .result import Result, export_masks, masks_json, trajectory_json, write_result
+from .search.batched import BatchedEngine
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
 from .search.ray_engine import RayBackend
@@ -29,7 +30,7 @@ from .search.run import MODES, ModeResult, Search, SearchOptions, coupled_units
 from .search.store import Store, reusable_records
 from .splits import indices_hash, normalise
 
-ENGINES = {"naive": NaiveEngine, "fast": FastEngine}
+ENGINES = {"naive": NaiveEngine, "fast": FastEngine, "batched": BatchedEngine}
 
 
 DEFAULT_CHECK = 1000  # check images (SPEC 5): the search never sees them; defaults are chosen on them

@@ -43,7 +43,8 @@ from .search.budget import TOLERANCE, Budget
 from .search.records import EvalResult
 from .splits import batches
 
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0001, 0.05))
+# scores are trained toward 0 / 1 and clamped to [0, 1] in the loss: at or below 0 is "surely zero"
+THRESHOLDS = (-1.0, -0.5, -0.25, -0.1, 0.0) + tuple(round(t, 2) for t in np.arange(0.05, 1.0001, 0.05))
 
 
 def tiled(pattern: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -102,6 +102,29 @@ class Evaluator:
         self.store.add(where, key, result, self.engine.name)
         return result
 
+    def evaluate_many(self, items: list[tuple[Where, dict[int, SitePlan]]], may_cut: bool = False) -> list[EvalResult]:
+        """``evaluate`` for independent candidates: memoised ones are found, the others go to the
+        engine's ``evaluate_many`` in one call where it has one (``batched``), else one by one."""
+        many = getattr(self.engine, "evaluate_many", None)
+        if many is None:
+            return [self.evaluate(where, plans, may_cut) for where, plans in items]
+        out: list[EvalResult | None] = [None] * len(items)
+        todo = []
+        for i, (where, plans) in enumerate(items):
+            plans = {k: v for k, v in plans.items() if v}
+            key = config_hash(plans)
+            out[i] = self.store.find(where, key)
+            if out[i] is None:
+                todo.append((i, where, key, plans))
+        if todo:
+            cut = min_correct(self.base, self.eps) if may_cut else None
+            results = many([{s: self.space.mask(s, plan) for s, plan in plans.items()} for *_, plans in todo], cut)
+            self.store.add_many([(where, key, r) for (_, where, key, _), r in zip(todo, results, strict=True)],
+                                self.engine.name)  # fmt: skip
+            for (i, *_), r in zip(todo, results, strict=True):
+                out[i] = r
+        return out
+
     def screened(self, where: Where, site: int, plan: SitePlan, estimate: EvalResult | None = None) -> EvalResult:
         """A candidate below site level in a screened search: its estimate, unless it moves no image
         (then exactly the base) or its estimated drop is within the band around the largest

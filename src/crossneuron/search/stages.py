@@ -47,13 +47,12 @@ def first_level(st: Stages, mode: Mode) -> dict[Key, list[Option]]:
         return _first_level_screened(st, mode)
     targets = mode.targets(st.space.channels(), st.space.blocks())
     total, done, ranked = len(targets) * len(st.space.codes), 0, {}
-    for site, channel, block in targets:
-        opts = []
-        for code in st.space.codes:
-            plan = (Piece(channel, block, code),)
-            where = Where("first", mode.name, site, channel, block, pattern=code)
-            result = st.ev.evaluate(where, {site: plan}, may_cut=True)
-            opts.append(Option(plan, result))
+    for site, channel, block in targets:  # a target's patterns are independent: one call (batched engines)
+        plans = [(Piece(channel, block, code),) for code in st.space.codes]
+        wheres = [Where("first", mode.name, site, channel, block, pattern=code) for code in st.space.codes]
+        results = st.ev.evaluate_many([(w, {site: plan}) for w, plan in zip(wheres, plans, strict=True)], may_cut=True)
+        opts = [Option(plan, result) for plan, result in zip(plans, results, strict=True)]
+        for result in results:
             done += 1
             st.progress(f"{mode.name}: first level", done, total, result)
         ranked[(site, channel, block)] = st.rank(opts)
@@ -115,15 +114,16 @@ def quantize(st: Stages, mode: str, stage: str, units: dict[Key, list[list[Optio
     total = sum(max((len(o) for o in subs), default=0) for subs in units.values())
     done, out = 0, {}
     for (site, channel, block), subs in units.items():
-        opts = []
-        for k, plan in enumerate(combine(subs)):
-            where = Where(stage, mode, site, channel, block, candidate=k)
-            if st.ev.screener is not None and (channel, block) != (None, None):  # below site level
-                opts.append(Option(plan, st.ev.screened(where, site, plan)))
-            else:
-                opts.append(Option(plan, st.ev.evaluate(where, {site: plan}, may_cut=True)))
+        plans = list(combine(subs))
+        wheres = [Where(stage, mode, site, channel, block, candidate=k) for k in range(len(plans))]
+        if st.ev.screener is not None and (channel, block) != (None, None):  # below site level
+            results = [st.ev.screened(where, site, plan) for where, plan in zip(wheres, plans, strict=True)]
+        else:  # a unit's candidates are independent: one call (batched engines)
+            results = st.ev.evaluate_many([(w, {site: p}) for w, p in zip(wheres, plans, strict=True)], may_cut=True)
+        opts = [Option(plan, result) for plan, result in zip(plans, results, strict=True)]
+        for result in results:
             done += 1
-            st.progress(f"{mode}: {stage} quantizer", done, total, opts[-1].result)
+            st.progress(f"{mode}: {stage} quantizer", done, total, result)
         out[(site, channel, block)] = st.rank(opts)
     st.ev.flush()
     return out
