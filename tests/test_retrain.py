@@ -204,10 +204,10 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
         folder = Path(r["checkpoint"])
         found = folder / "search" / "uniform-layer" / f"eps-{r['eps_searched']:g}" / "result.json"
         assert Path(r["masks_out"]) == (folder / "result.json" if r["kept"] == "retrained" else found)
-    # evaluate --masks reproduces the last round's searched numbers
+    # evaluate --masks reproduces the masks the last round handed on
     cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out / "round-2"), "--masks",
                                    second["masks_out"], "--split", "test", "--json"])  # fmt: skip
-    assert cli.exit_code == 0 and json.loads(cli.output)["accuracy"] == pytest.approx(second["searched"]["accuracy"])
+    assert cli.exit_code == 0 and json.loads(cli.output)["accuracy"] == pytest.approx(second["chosen"]["accuracy"])
     # killed before round 2 was written down: the rerun resumes its training and search, same numbers
     kept = (out / "round-1" / "round.json").stat().st_mtime_ns
     (out / "round-2" / "round.json").unlink()
@@ -231,7 +231,7 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
 
     made = build_report(run, tmp_path / "rep")
     assert (tmp_path / "rep" / "strategies.png").stat().st_size > 1000
-    assert f"| 2 | {second['eps_searched']:g} | {second['searched']['accuracy']:.2f} |" in made["table"]
+    assert f"| 2 | {second['eps_searched']:g} | {second['chosen']['accuracy']:.2f} |" in made["table"]
 
 
 def test_a_round_keeps_the_better_masks_judged_on_calibration_images(searched, tmp_path):
