@@ -25,8 +25,9 @@ TORCHVISION = ["resnet18", "resnet34", "resnet50", "vgg16_bn", "alexnet"]
 @pytest.mark.parametrize("size", [224, 160])
 def test_torchvision_network_macs_equal_flop_counter(name, size):
     shape = (3, size, size)
-    net = cn.attach(getattr(torchvision.models, name)(weights=None), shape)
-    assert net.network_macs == conv_linear_flops_over_two(getattr(torchvision.models, name)(), shape)
+    model = getattr(torchvision.models, name)(weights=None)  # one instance: attach leaves it as it was
+    net = cn.attach(model, shape)
+    assert net.network_macs == conv_linear_flops_over_two(model, shape)
 
 
 @pytest.mark.parametrize("name", list(cn.MODELS))

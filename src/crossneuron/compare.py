@@ -74,17 +74,18 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     net = attach(ctx.model, ctx.spec.input_shape, r0.patch_size)
     weights = folder / "zap.safetensors"
     t0 = time.perf_counter()
-    if weights.exists() and (folder / "zap-train.json").exists() and _json(folder / "zap-train.json") == opts:
-        zap, history = Zap.load(net, weights), None
+    trained = _reuse(folder / "zap-train.json", opts) if weights.exists() else None
+    if trained:
+        zap, history, train_seconds = Zap.load(net, weights), trained["train_loss"], trained["train_seconds"]
     else:
         x, _ = ctx.data("train")
         n = min(opts["zap_images"], len(x))
         some = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[:n]))
         zap = Zap(net)
         history = zap.fit(x[some], ctx.spec, epochs=opts["zap_epochs"], lr=opts["zap_lr"], device=ctx.device, log=log)
+        train_seconds = time.perf_counter() - t0
         zap.save(weights)
-        write_json(folder / "zap-train.json", opts)
-    train_seconds = time.perf_counter() - t0
+        write_json(folder / "zap-train.json", {"options": opts, "train_loss": history, "train_seconds": train_seconds})
     o = r0.options
     xc, yc, _ = calibration(ctx, o["calib"], o["seed"])
     budget = get_budget(o.get("budget", "net"))
