@@ -35,7 +35,8 @@ def test_modes_give_the_local_records_through_a_killed_worker_and_an_interrupted
     """uniform-layer and max-granularity on 2 Ray workers (between them every stage a mode runs: first
     level at site and block level, the patch and channel quantizers, the layer quantizer): a worker
     killed after 40 evaluations is restarted and its evaluation retried; the driver stopped after 150
-    resumes; the records equal the local naive engine's. (GT 1: one block per channel, so the
+    resumes on the batched engine (candidates in one call per shard); the records equal the local naive
+    engine's. (GT 1: one block per channel, so the
     evaluations stay few; the Ray engine is the same for every mode.)"""
     from crossneuron.search import ray_engine
     from crossneuron.search.ray_engine import RayBackend
@@ -59,13 +60,14 @@ def test_modes_give_the_local_records_through_a_killed_worker_and_an_interrupted
         optimize(ctx, options, out, "naive", check=0, backend=RayBackend(2))
     assert 100 < len(_records(out)) < len(_records(local))
     monkeypatch.setattr(ray_engine.RayEngine, "evaluate", evaluate)
-    theirs = optimize(ctx, options, out, "naive", check=0, backend=RayBackend(2))
+    # resumed with the batched engine on the workers: a stage's candidates go to each shard in one call
+    theirs = optimize(ctx, options, out, "batched", check=0, backend=RayBackend(2))
     assert _records(out) == _records(local) and len(_records(out)) > 200
     eps = lambda s: {m: info["eps"] for m, info in s["modes"].items()}  # noqa: E731
     assert eps(theirs) == eps(summary)
     with sqlite3.connect(out / "records.sqlite") as db:
         engines = {row[0] for row in db.execute("SELECT DISTINCT engine FROM evals")}
-    assert "ray-naive" in engines and engines <= {"ray-naive", "reused"}  # reused: the same mask met again
+    assert {"ray-naive", "ray-batched"} <= engines <= {"ray-naive", "ray-batched", "reused"}  # reused: met again
 
 
 def test_bad_backend_values_are_one_line(cli, ckpt, tmp_path):

@@ -3,8 +3,10 @@ calibration images.
 
 Correct counts, lost images, MACs saved and mispredictions add up over disjoint sets of images, so
 the sum of the shards' records is the record one process makes over all of them. Each actor holds the
-net (shipped once through Ray's object store), its shard of the images and a local engine (``naive``
-or ``fast``) on it. Shards never cut a candidate short, so every record equals the naive engine's.
+net (shipped once through Ray's object store), its shard of the images and a local engine (``naive``,
+``fast`` or ``batched``) on it. Shards never cut a candidate short, so every record equals the naive
+engine's. With ``batched`` a stage's independent candidates go to every shard in one call (one round
+trip per stage step instead of one per candidate).
 The driver keeps the one SQLite store and commits each record as it returns, as with a local engine:
 a killed driver resumes as today, and an actor that dies is restarted by Ray (which rebuilds it from
 the same object-store arguments) and its task retried.
@@ -54,17 +56,22 @@ class _Shard:
 
     def __init__(self, net: PredictiveNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int, inner: str,
                  threads: int):  # fmt: skip
+        from .batched import BatchedEngine
         from .engine import NaiveEngine
         from .fast import FastEngine
 
         torch.set_num_threads(threads)
-        self.engine = {"naive": NaiveEngine, "fast": FastEngine}[inner](net, images, labels, batch_size)
+        engines = {"naive": NaiveEngine, "fast": FastEngine, "batched": BatchedEngine}
+        self.engine = engines[inner](net, images, labels, batch_size)
 
     def base(self) -> EvalResult:
         return self.engine.base
 
     def evaluate(self, masks: dict[int, torch.Tensor]) -> EvalResult:
         return self.engine.evaluate(masks)
+
+    def evaluate_many(self, candidates: list[dict[int, torch.Tensor]]) -> list[EvalResult]:
+        return self.engine.evaluate_many(candidates)
 
 
 def _sum(parts: list[EvalResult], seconds: float) -> EvalResult:
@@ -84,8 +91,8 @@ class RayEngine:
     def __init__(self, net: PredictiveNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
                  backend: RayBackend = RayBackend(), inner: str = "fast"):  # fmt: skip
         backend.check()
-        if inner not in ("naive", "fast"):
-            raise CrossneuronError(f"unknown engine '{inner}' for the Ray backend: choose naive, fast")
+        if inner not in ("naive", "fast", "batched"):
+            raise CrossneuronError(f"unknown engine '{inner}' for the Ray backend: choose naive, fast, batched")
         ray = _ray()
         if not ray.is_initialized():
             try:
@@ -112,6 +119,8 @@ class RayEngine:
         t0 = time.perf_counter()
         self.base = _sum(ray.get([a.base.remote() for a in self.actors]), time.perf_counter() - t0)
         self.calls, self.overhead = 0, 0.0  # evaluations, and their wall time beyond the slowest shard's own
+        if inner == "batched":  # a stage's candidates go to every shard in one call (one round trip, not one each)
+            self.evaluate_many = self._evaluate_many
 
 
     def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
@@ -124,6 +133,18 @@ class RayEngine:
         self.calls += 1
         self.overhead += max(0.0, wall - max(p.seconds for p in parts))
         return _sum(parts, wall)
+
+    def _evaluate_many(self, candidates: list[dict[int, torch.Tensor]],
+                       min_correct: int | None = None) -> list[EvalResult]:  # fmt: skip
+        """Every shard evaluates every candidate (its own ``evaluate_many``); records summed per candidate."""
+        t0 = time.perf_counter()
+        ray = _ray()
+        candidates = [{k: (None if m is None else m.cpu()) for k, m in c.items()} for c in candidates]
+        per_shard = ray.get([a.evaluate_many.remote(candidates) for a in self.actors])
+        wall = time.perf_counter() - t0
+        self.calls += len(candidates)
+        self.overhead += max(0.0, wall - max(sum(r.seconds for r in rows) for rows in per_shard))
+        return [_sum(list(parts), wall / max(1, len(candidates))) for parts in zip(*per_shard, strict=True)]
 
     def close(self) -> None:
         """End the workers (their CPUs go back to the cluster); the engine cannot evaluate afterwards."""
