@@ -297,9 +297,14 @@ def peers(run: Run):
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     kinds = list(dict.fromkeys(r["scheme"] for r in rows))
-    for i, kind in enumerate(kinds):
-        pts = sorted((r["test_drop"], r["macs_saved_pct_network"]) for r in rows if r["scheme"] == kind)
-        ax.plot(*zip(*pts, strict=True), "o-" if len(pts) > 1 else "o", color=f"C{i % 10}", label=kind)
+    for i, kind in enumerate(kinds):  # a scheme's points joined in the order of their saving (budget order)
+        mine = sorted((r for r in rows if r["scheme"] == kind), key=lambda r: r["macs_saved_pct_network"])
+        xs, ys = [r["test_drop"] for r in mine], [r["macs_saved_pct_network"] for r in mine]
+        ax.plot(xs, ys, "o-" if len(mine) > 1 else "o", color=f"C{i % 10}", label=kind)
+        for r, x, y in zip(mine, xs, ys, strict=True):
+            if len(mine) > 1 and r["setting"].startswith("eps "):
+                ax.annotate(r["setting"].split(" (")[0].split(",")[0], (x, y), textcoords="offset points",
+                            xytext=(4, 3), fontsize=6, color=f"C{i % 10}")  # fmt: skip
     oracle = run.compare["oracle_pct_network"]
     ax.axhline(oracle, color="gray", linestyle="--", label=f"oracle ({oracle:.1f}%)")
     ax.axvline(0, color="lightgray", linewidth=0.8)
