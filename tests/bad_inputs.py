@@ -90,6 +90,14 @@ def _corrupt_masks(env):
         path.write_bytes(b"garbage")
 
 
+def _corrupt_zap(env):
+    folder = Path(env["run"]) / "compare"
+    folder.mkdir(exist_ok=True)
+    (folder / "zap.safetensors").write_bytes(b"garbage")
+    options = {"zap_epochs": 3, "zap_images": 10000, "zap_lr": 0.03, "patch_size": 2}  # compare's defaults
+    (folder / "zap-train.json").write_text(json.dumps({"options": options, "train_loss": [], "train_seconds": 0}))
+
+
 OPT = ("optimize", "--checkpoint", "{ckpt}", "--out", "{tmp}/out", "--calib", "100")
 CASES = [
     Case("unknown-model", "an unknown model", ("sites", "--model", "resnet19"), "unknown model 'resnet19'"),
@@ -158,4 +166,7 @@ CASES = [
     Case("report-none", "report on a folder that is not a run", ("report", "{tmp}"), "summary.json not found"),
     Case("report-masks", "report on a run whose masks.safetensors is corrupt",
          ("report", "{run}", "--out", "{tmp}/rep"), "masks.safetensors is corrupt", setup=_corrupt_masks),
+    Case("compare-none", "compare on a folder that is not a run", ("compare", "{tmp}"), "summary.json not found"),
+    Case("compare-zap", "compare on a run whose trained ZAP predictors are corrupt", ("compare", "{run}"),
+         "cannot read ZAP predictors", setup=_corrupt_zap),
 ]  # fmt: skip
