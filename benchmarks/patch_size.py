@@ -34,9 +34,10 @@ def main() -> None:
     ap.add_argument("--mode", default="uniform-layer")
     ap.add_argument("--calib", type=int, default=1000)
     ap.add_argument("--eps", default="0,0.5,1,3")
-    ap.add_argument("--engine", default="fast")
+    ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    ctx = open_checkpoint(args.checkpoint, args.data_root)
+    ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for p in (int(v) for v in args.sizes.split(",")):
