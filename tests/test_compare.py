@@ -56,7 +56,7 @@ def test_every_scheme_has_a_row_with_its_test_drop_and_the_run_numbers(compared,
     _, run, _ = full_run
     cmp = json.loads((out / "compare" / "compare.json").read_text())
     schemes = {r["scheme"] for r in cmp["rows"]}
-    assert {"diagonal 2018", "ZAP", "SnaPEA exact", "combined: diagonal + SnaPEA"} <= schemes
+    assert {"diagonal 2018", "ZAP", "ZAP per-site", "SnaPEA exact", "combined: diagonal + SnaPEA"} <= schemes
     assert {f"crossneuron {m}" for m in MODES} <= schemes
     baseline = json.loads((run / "baseline.json").read_text())["test"]
     diag = next(r for r in cmp["rows"] if r["scheme"] == "diagonal 2018")
@@ -73,7 +73,11 @@ def test_every_scheme_has_a_row_with_its_test_drop_and_the_run_numbers(compared,
     for z in zap["eps"].values():  # ZAP's thresholds: within the run's budget on its calibration images
         ok = [g for g in zap["calib_grid"] if g["charge"] <= z["eps"] + 1e-9]
         assert z["threshold"] == (max(ok, key=lambda g: g["macs_saved_pct_network"])["threshold"] if ok else None)
-        if z["threshold"] is not None:  # net of the predictors' MACs
+    for z in zap["per_site"]["eps"].values():  # per-site thresholds: the equal-miss-rate grid, same rule
+        ok = [g for g in zap["per_site"]["calib_grid"] if g["charge"] <= z["eps"] + 1e-9]
+        assert z["rate"] == (max(ok, key=lambda g: g["macs_saved_pct_network"])["rate"] if ok else None)
+    for z in [*zap["eps"].values(), *zap["per_site"]["eps"].values()]:
+        if z.get("threshold", z.get("rate")) is not None:  # net of the predictors' MACs
             assert z["macs_saved_pct_network"] == pytest.approx(
                 z["gross_saved_pct_network"] - z["overhead_pct_network"]
             )

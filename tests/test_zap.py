@@ -164,3 +164,27 @@ def test_save_and_load(tmp_path):
         Zap.load(net, tmp_path / "bad.safetensors")
     with pytest.raises(CrossneuronError, match="another patch size"):
         Zap.load(cn.attach(Two(), (3, 7, 7), 2), tmp_path / "zap.safetensors")
+
+
+def test_per_site_thresholds_at_equal_miss_rates_against_a_direct_count():
+    from crossneuron.zap import _BINS, miss_rate_thresholds
+
+    model, net, zap = _zap()
+    x = torch.randn(40, 3, 7, 7)
+    rates = (0.01, 0.1, 0.3)
+    got = miss_rate_thresholds(zap, x, None, rates, batch_size=16)
+    with torch.no_grad():  # the scores at the true non-zeros each site would predict, by hand
+        a = F.relu(model.a(x))
+        b = F.relu(model.b(a))
+        scores = [pr(m)[(m > 0) & ~pr.computed.expand_as(m)] for pr, m in zip(zap.predictors, (a, b), strict=True)]
+    for r in rates:
+        for site, (t, sc) in enumerate(zip(got[r], scores, strict=True)):
+            share = float((sc <= t).double().mean())
+            assert share <= r + 1e-12, (site, r)  # at most r of the non-zeros predicted
+            finer = _BINS[_BINS > t]
+            if len(finer):  # and the next grid point would predict more than r
+                assert float((sc <= finer[0]).double().mean()) > r, (site, r)
+    assert got[0.01][0] <= got[0.1][0] <= got[0.3][0]
+    with pytest.raises(CrossneuronError, match="1 ZAP thresholds for 2 sites"):
+        with zap.predicting([0.1]):
+            pass

@@ -40,7 +40,7 @@ from .runfolder import calibration
 from .search.budget import get_budget
 from .snapea import measure as snapea_measure
 from .splits import normalise
-from .zap import THRESHOLDS, Zap, pick, threshold_grid
+from .zap import RATES, THRESHOLDS, Zap, pick, rate_grid, threshold_grid
 from .zap import evaluate as zap_evaluate
 
 DEFAULTS = {"zap_epochs": 3, "zap_images": 10000, "zap_lr": 0.03, "snapea_images": 100, "period": 1}
@@ -67,7 +67,7 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     """Train (or reuse) the predictors; choose a threshold per epsilon; measure on the test split."""
     opts = {k: options[k] for k in ("zap_epochs", "zap_images", "zap_lr")}
     opts["patch_size"] = run.any_result().patch_size
-    done = _reuse(folder / "zap.json", {**opts, "thresholds": list(THRESHOLDS)})
+    done = _reuse(folder / "zap.json", {**opts, "thresholds": list(THRESHOLDS), "rates": list(RATES)})
     if done:
         return done
     r0 = run.any_result()
@@ -91,28 +91,36 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     budget = get_budget(o.get("budget", "net"))
     x_test, y_test = ctx.data("test")
     grid = threshold_grid(zap, xc, yc, ctx.spec, budget, batch_size=o["batch_size"], device=ctx.device)
+    rates = rate_grid(zap, xc, yc, ctx.spec, budget, batch_size=o["batch_size"], device=ctx.device)
     base, _, _ = zap_evaluate(zap, x_test, y_test, ctx.spec, None, o["batch_size"], ctx.device)
-    rows, measured = {}, {}
-    for eps in run.eps:
-        t = pick(grid, eps)
-        row = {"eps": eps, "threshold": t}
-        if t is not None:
-            if t not in measured:
-                measured[t] = zap_evaluate(zap, x_test, y_test, ctx.spec, t, o["batch_size"], ctx.device)
-            res, counts, _ = measured[t]
+    measured = {}
+
+    def at(eps: float, rows: list[dict], key: str, what: str) -> dict:
+        """The grid point ``pick`` chooses at ``eps``, measured on the test split (each point once)."""
+        point = pick(rows, eps, key)
+        row = {"eps": eps, key: point}
+        if point is not None:
+            thresholds = next(r for r in rows if r[key] == point).get("thresholds", point)
+            if (key, point) not in measured:
+                measured[key, point] = zap_evaluate(zap, x_test, y_test, ctx.spec, thresholds, o["batch_size"],
+                                                    ctx.device)  # fmt: skip
+            res, counts, _ = measured[key, point]
             row.update(test_accuracy=res.accuracy, test_base_accuracy=base.accuracy,
                        test_drop=base.accuracy - res.accuracy, gross_saved_pct_network=counts.macs_saved_pct_network,
                        overhead_pct_network=counts.overhead_pct_network,
                        macs_saved_pct_network=counts.net_saved_pct_network,
                        mispredicted_rate=counts.mispredicted_rate)  # fmt: skip
-        rows[f"{eps:g}"] = row
-        said = f", {row['macs_saved_pct_network']:.2f}% net at test drop {row['test_drop']:.2f}" if t is not None \
+        said = f", {row['macs_saved_pct_network']:.2f}% net at test drop {row['test_drop']:.2f}" if point is not None \
             else ", none within"  # fmt: skip
-        log(f"ZAP eps {eps:g}: threshold {t}{said}")
-    out = {"options": {**opts, "thresholds": list(THRESHOLDS)}, "pattern_code": zap.code, "train_loss": history,
-           "train_seconds": train_seconds,
+        log(f"ZAP ({what}) eps {eps:g}: {key} {point}{said}")
+        return row
+
+    rows = {f"{eps:g}": at(eps, grid, "threshold", "one threshold") for eps in run.eps}
+    per_site = {f"{eps:g}": at(eps, rates, "rate", "per-site thresholds") for eps in run.eps}
+    out = {"options": {**opts, "thresholds": list(THRESHOLDS), "rates": list(RATES)}, "pattern_code": zap.code,
+           "train_loss": history, "train_seconds": train_seconds,
            "overhead_pct_network": 100.0 * zap.overhead_macs() / net.network_macs, "budget": budget.name,
-           "calib_grid": grid, "eps": rows}  # fmt: skip
+           "calib_grid": grid, "eps": rows, "per_site": {"calib_grid": rates, "eps": per_site}}  # fmt: skip
     write_json(folder / "zap.json", out)
     return out
 
@@ -176,13 +184,16 @@ def table(run: Run, zap: dict | None, snapea: dict | None) -> dict:
         drop = rec["base_accuracy"] - after["accuracy"]
         rows.append(_row(f"crossneuron {rec['mode']} retrained", f"eps {rec['eps']:g}", after["macs_saved_pct_network"],
                          drop, f"{strategy(rec)}; drop vs the original"))  # fmt: skip
-    for key, z in (zap or {}).get("eps", {}).items():
-        if z["threshold"] is None:
-            rows.append(_row("ZAP", f"eps {key}", None, None, "no threshold within the budget on calibration images"))
-            continue
-        note = f"gross {z['gross_saved_pct_network']:.2f} minus predictors {z['overhead_pct_network']:.2f}"
-        rows.append(_row("ZAP", f"eps {key}, threshold {z['threshold']:g}", z["macs_saved_pct_network"],
-                         z["test_drop"], note))  # fmt: skip
+    variants = [("ZAP", "threshold", (zap or {}).get("eps", {}))]
+    variants.append(("ZAP per-site", "rate", (zap or {}).get("per_site", {}).get("eps", {})))
+    for scheme, key, by_eps in variants:
+        for eps, z in by_eps.items():
+            if z[key] is None:
+                rows.append(_row(scheme, f"eps {eps}", None, None, f"no {key} within the budget on calibration images"))
+                continue
+            note = f"gross {z['gross_saved_pct_network']:.2f} minus predictors {z['overhead_pct_network']:.2f}"
+            rows.append(_row(scheme, f"eps {eps}, {key} {z[key]:g}", z["macs_saved_pct_network"], z["test_drop"],
+                             note))  # fmt: skip
     if snapea:
         n = snapea["images"]
         note = f"first {n} test images; {snapea['eligible']} of {snapea['sites']} sites eligible"

@@ -25,6 +25,7 @@ its computed positions are zero), ZAP decides position by position.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,9 +184,12 @@ class Zap(nn.Module):
 
     # -- prediction --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def predicting(self, threshold: float):
-        """Within the block the net's sites follow ZAP at ``threshold``; yields a function returning the
-        counts so far."""
+    def predicting(self, threshold: float | Sequence[float]):
+        """Within the block the net's sites follow ZAP at ``threshold`` (one for every site, or one per
+        site in site order); yields a function returning the counts so far."""
+        per_site = [threshold] * len(self.net.sites) if isinstance(threshold, int | float) else list(threshold)
+        if len(per_site) != len(self.net.sites):
+            raise CrossneuronError(f"{len(per_site)} ZAP thresholds for {len(self.net.sites)} sites")
         self._check_no_masks()
         self.eval()
         dev = self.net.spatial(self.net.sites[0]).mask.device
@@ -198,7 +202,7 @@ class Zap(nn.Module):
             x = args[0]
             pr = self.predictors[i]
             with torch.no_grad():
-                drop = ~pr.computed & (pr(x) <= threshold)  # (N, C, H, W)
+                drop = ~pr.computed & (pr(x) <= per_site[i])  # (N, C, H, W)
                 counts[0] += (drop.sum((0, 2, 3)) * macs[i]).sum()
                 counts[1] += drop.sum()
                 counts[2] += (drop & (x != 0)).sum()
@@ -248,7 +252,7 @@ class Zap(nn.Module):
 
 @full_fp32()
 @torch.inference_mode()
-def evaluate(zap: Zap, x, y, spec, threshold: float | None, batch_size: int = 500,
+def evaluate(zap: Zap, x, y, spec, threshold: float | Sequence[float] | None, batch_size: int = 500,
              device: str = "cpu") -> tuple[EvalResult, ZapCounts | None, torch.Tensor]:  # fmt: skip
     """Top-1 record of the net on (x, y) with ZAP at ``threshold`` (None: no prediction), paired flips
     against no prediction in ``lost``; also the counts and the per-image right/wrong vector."""
@@ -288,10 +292,60 @@ def threshold_grid(zap: Zap, x, y, spec, budget: Budget, thresholds=THRESHOLDS, 
     return rows
 
 
-def pick(rows: list[dict], eps: float) -> float | None:
-    """The threshold with the largest saving whose charge is within ``eps`` (None where none is)."""
+def pick(rows: list[dict], eps: float, key: str = "threshold"):
+    """The grid point (its ``key``) with the largest saving whose charge is within ``eps`` (None where none
+    is; the smaller point on a tie)."""
     ok = [r for r in rows if r["charge"] <= eps + TOLERANCE]
-    return max(ok, key=lambda r: (r["macs_saved_pct_network"], -r["threshold"]))["threshold"] if ok else None
+    return max(ok, key=lambda r: (r["macs_saved_pct_network"], -r[key]))[key] if ok else None
+
+
+RATES = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+_BINS = torch.linspace(-4.0, 4.0, 8001)
+
+
+@full_fp32()
+@torch.inference_mode()
+def miss_rate_thresholds(zap: Zap, x, spec, rates=RATES, batch_size: int = 500,
+                         device: str = "cpu") -> dict[float, list[float]]:  # fmt: skip
+    """Per-site thresholds from one pass without prediction over images ``x``: for each rate r, each site's
+    threshold is the largest grid value (steps of 0.001 in [-4, 4]) at or below which lie at most a
+    fraction r of its scores at true non-zero positions it would predict. Every site then mispredicts
+    about the same share of its non-zeros (on images like ``x``; upstream prediction shifts it a little)."""
+    net = zap.net.to(device).eval()
+    zap.to(device).eval()
+    hist = torch.zeros(len(zap.predictors), len(_BINS) + 1, dtype=torch.int64)
+    with zap._capturing() as seen:
+        for xb, _ in batches(x, torch.zeros(len(x), dtype=torch.int64), spec, batch_size, device):
+            net(xb)
+            for i, pr in enumerate(zap.predictors):
+                a = seen[i]
+                scores = pr(a)[(a > 0) & ~pr.computed.expand_as(a)].cpu()
+                hist[i] += torch.bincount(torch.bucketize(scores, _BINS), minlength=len(_BINS) + 1)
+    cdf = hist.cumsum(1).double() / hist.sum(1, keepdim=True).clamp_min(1)
+    out = {}
+    for r in rates:
+        # bucket k holds scores in (BINS[k-1], BINS[k]]: predicting "score <= BINS[k]" misses cdf[k] of them
+        under = [int((row[:-1] <= r).sum()) for row in cdf]  # grid points whose share is at most r
+        out[r] = [float(_BINS[m - 1]) if m else float(_BINS[0]) - 1.0 for m in under]
+    return out
+
+
+def rate_grid(zap: Zap, x, y, spec, budget: Budget, rates=RATES, batch_size: int = 500,
+              device: str = "cpu") -> list[dict]:  # fmt: skip
+    """``threshold_grid`` for per-site thresholds at equal miss rates (``miss_rate_thresholds`` on the
+    same images): every rate's calibration record, with its thresholds."""
+    per_rate = miss_rate_thresholds(zap, x, spec, rates, batch_size, device)
+    base, _, base_right = evaluate(zap, x, y, spec, None, batch_size, device)
+    base = with_flips(base, base_right, base_right)
+    rows = []
+    for r, thresholds in per_rate.items():
+        res, counts, right = evaluate(zap, x, y, spec, thresholds, batch_size, device)
+        res = with_flips(res, right, base_right)
+        rows.append({"rate": r, "thresholds": thresholds, "accuracy": res.accuracy,
+                     "drop": base.accuracy - res.accuracy, "lost": res.lost, "charge": budget.charge(res, base),
+                     "macs_saved_pct_network": counts.macs_saved_pct_network,
+                     "net_saved_pct_network": counts.net_saved_pct_network})  # fmt: skip
+    return rows
 
 
 def choose_threshold(zap: Zap, x, y, spec, eps: float, budget: Budget, thresholds=THRESHOLDS,
