@@ -49,9 +49,12 @@ def records(folder: Path) -> dict:
 
 
 def same(ref, other, min_correct) -> bool:
-    """Equal, or cut short where the reference's accuracy is also beyond the cut."""
+    """Equal, or one of them cut short (its correct count an upper bound) where the other's exact
+    accuracy is also beyond the cut."""
     if other[-1] and not ref[-1]:
         return ref[0] <= other[0] and ref[0] < min_correct
+    if ref[-1] and not other[-1]:
+        return other[0] <= ref[0] and other[0] < min_correct
     return ref[:4] == other[:4]
 
 
