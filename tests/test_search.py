@@ -156,11 +156,9 @@ def test_foreign_or_corrupt_database_and_bad_options_are_refused(full_run, ckpt,
         assert not target.exists()  # refused before any work
     afile = tmp_path / "afile"
     afile.write_text("keep me")
-    proc = subprocess.run(_cli("optimize", "--checkpoint", str(ckpt), "--out", str(afile), "--calib", "100"),
-                          capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]  # the real entry point, once
-    assert proc.returncode == 2 and len(lines) == 1 and "is a file" in lines[0] and afile.read_text() == "keep me"
+    code, _, err = cli("optimize", "--checkpoint", ckpt, "--out", afile, "--calib", "100")
+    lines = [line for line in err.splitlines() if line.strip()]  # (test_cli runs the real entry point)
+    assert code == 2 and len(lines) == 1 and "is a file" in lines[0] and afile.read_text() == "keep me"
 
 
 def _records(folder):
