@@ -192,6 +192,10 @@ def table(run: Run, zap: dict | None, snapea: dict | None) -> dict:
                 rows.append(_row(scheme, f"eps {eps}", None, None, f"no {key} within the budget on calibration images"))
                 continue
             note = f"gross {z['gross_saved_pct_network']:.2f} minus predictors {z['overhead_pct_network']:.2f}"
+            if z["macs_saved_pct_network"] <= 0:  # costs more than it saves: a user would leave it off
+                rows.append(_row(scheme, f"eps {eps}", None, None, f"does not pay within the budget: {key} {z[key]:g}, "
+                                 f"{note} = {z['macs_saved_pct_network']:.2f} at test drop {z['test_drop']:.2f}"))
+                continue
             rows.append(_row(scheme, f"eps {eps}, {key} {z[key]:g}", z["macs_saved_pct_network"], z["test_drop"],
                              note))  # fmt: skip
     if snapea:
