@@ -94,7 +94,7 @@ def _corrupt_zap(env):
     folder = Path(env["run"]) / "compare"
     folder.mkdir(exist_ok=True)
     (folder / "zap.safetensors").write_bytes(b"garbage")
-    options = {"zap_epochs": 3, "zap_images": 10000, "zap_lr": 0.03, "patch_size": 2}  # compare's defaults
+    options = {"zap_epochs": 3, "zap_images": 10000, "zap_lr": 0.03, "patch_size": 2, "seed": 0}  # compare's
     (folder / "zap-train.json").write_text(json.dumps({"options": options, "train_loss": [], "train_seconds": 0}))
 
 

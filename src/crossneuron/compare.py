@@ -67,6 +67,7 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
     """Train (or reuse) the predictors; choose a threshold per epsilon; measure on the test split."""
     opts = {k: options[k] for k in ("zap_epochs", "zap_images", "zap_lr")}
     opts["patch_size"] = run.any_result().patch_size
+    opts["seed"] = 0  # the predictors' initial weights and the train images drawn
     done = _reuse(folder / "zap.json", {**opts, "thresholds": list(THRESHOLDS), "rates": list(RATES)})
     if done:
         return done

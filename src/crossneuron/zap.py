@@ -116,7 +116,7 @@ class Zap(nn.Module):
     """Predictors for every site of ``net``; they act through hooks on its Spatial layers, which must
     not predict themselves (their masks stay all True)."""
 
-    def __init__(self, net: PredictiveNet, pattern: torch.Tensor | None = None):
+    def __init__(self, net: PredictiveNet, pattern: torch.Tensor | None = None, seed: int = 0):
         super().__init__()
         p = net.patch_size
         pattern = diagonal(p) if pattern is None else torch.as_tensor(pattern, dtype=torch.bool)
@@ -128,7 +128,9 @@ class Zap(nn.Module):
             raise CrossneuronError("the ZAP pattern must compute some positions and leave some to predict")
         object.__setattr__(self, "net", net)  # not a submodule: the predictors' state is theirs alone
         self.code = pattern_to_code(pattern)
-        self.predictors = nn.ModuleList(Predictor(s.shape[0], tiled(pattern, *s.shape[1:])) for s in net.sites)
+        with torch.random.fork_rng(devices=[]):  # the predictors' initial weights depend on ``seed`` alone
+            torch.manual_seed(seed)
+            self.predictors = nn.ModuleList(Predictor(s.shape[0], tiled(pattern, *s.shape[1:])) for s in net.sites)
         self._macs = [torch.tensor(s.per_channel, dtype=torch.int64) for s in net.sites]
 
     @property
