@@ -133,6 +133,12 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
         f"<p>Oracle (every true zero skipped): {r.oracle_pct_network:.2f}% of network "
         f"({r.oracle_pct_sites:.2f}% of sites).</p>",
     ]
+    if run.compare:
+        parts += ["<h2>The field side by side (<code>crossneuron compare</code>)</h2>",
+                  _table(["scheme", "setting", "MACs saved (% of network)", "test drop (points)", "note"],
+                         [[r["scheme"], r["setting"], _num(r["macs_saved_pct_network"]), _num(r["test_drop"]),
+                           r["note"]] for r in run.compare["rows"]]),
+                  f"<p>Oracle {run.compare['oracle_pct_network']:.2f}% of network MACs.</p>"]  # fmt: skip
     for title, fig in figs:
         parts.append(f"<figure><figcaption>{html.escape(title)}</figcaption>"
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{fig['png']}'></figure>")  # fmt: skip
@@ -140,12 +146,6 @@ def _html(run: Run, figs: list[tuple[str, dict]]) -> str:
               "<h2>Options</h2>", _table(["option", "value"], options),
               "<h2>Timings (seconds)</h2>", _table(["mode", "seconds"], timing),
               _table(["mode", "stage", "evaluations", "estimated", "cut short", "engine seconds"], stages)]  # fmt: skip
-    if run.compare:
-        parts += ["<h2>The field side by side (<code>crossneuron compare</code>)</h2>",
-                  _table(["scheme", "setting", "MACs saved (% of network)", "test drop (points)", "note"],
-                         [[r["scheme"], r["setting"], _num(r["macs_saved_pct_network"]), _num(r["test_drop"]),
-                           r["note"]] for r in run.compare["rows"]]),
-                  f"<p>Oracle {run.compare['oracle_pct_network']:.2f}% of network MACs.</p>"]  # fmt: skip
     if screen:
         parts += ["<h2>Screening proxy against exact evaluation</h2>",
                   _table(["mode", "sample", "Spearman rank correlation", "mean |error| (points)", "estimated records"],
