@@ -101,7 +101,7 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
         point = pick(rows, eps, key)
         row = {"eps": eps, key: point}
         if point is not None:
-            thresholds = next(r for r in rows if r[key] == point).get("thresholds", point)
+            thresholds = next(r for r in rows if r[key] == point)["thresholds"]
             if (key, point) not in measured:
                 measured[key, point] = zap_evaluate(zap, x_test, y_test, ctx.spec, thresholds, o["batch_size"],
                                                     ctx.device)  # fmt: skip

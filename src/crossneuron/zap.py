@@ -278,20 +278,27 @@ def with_flips(result: EvalResult, right: torch.Tensor, base_right: torch.Tensor
                       mispredicted=result.mispredicted, lost=lost)  # fmt: skip
 
 
-def threshold_grid(zap: Zap, x, y, spec, budget: Budget, thresholds=THRESHOLDS, batch_size: int = 500,
-                   device: str = "cpu") -> list[dict]:  # fmt: skip
-    """Every grid threshold's calibration record on (x, y): accuracy, drop, lost images, the budget
-    rule's charge, MACs saved (gross and net of the predictors)."""
+def _grid(zap: Zap, x, y, spec, budget: Budget, points: list[tuple[dict, float | list[float]]], batch_size: int,
+          device: str) -> list[dict]:  # fmt: skip
+    """The calibration record of each grid point (its fields, its thresholds) on (x, y): accuracy, drop,
+    lost images, the budget rule's charge, MACs saved (gross and net of the predictors)."""
     base, _, base_right = evaluate(zap, x, y, spec, None, batch_size, device)
     base = with_flips(base, base_right, base_right)
     rows = []
-    for t in thresholds:
-        r, counts, right = evaluate(zap, x, y, spec, t, batch_size, device)
+    for fields, thresholds in points:
+        r, counts, right = evaluate(zap, x, y, spec, thresholds, batch_size, device)
         r = with_flips(r, right, base_right)
-        rows.append({"threshold": t, "accuracy": r.accuracy, "drop": base.accuracy - r.accuracy, "lost": r.lost,
-                     "charge": budget.charge(r, base), "macs_saved_pct_network": counts.macs_saved_pct_network,
+        rows.append({**fields, "thresholds": thresholds, "accuracy": r.accuracy, "drop": base.accuracy - r.accuracy,
+                     "lost": r.lost, "charge": budget.charge(r, base),
+                     "macs_saved_pct_network": counts.macs_saved_pct_network,
                      "net_saved_pct_network": counts.net_saved_pct_network})  # fmt: skip
     return rows
+
+
+def threshold_grid(zap: Zap, x, y, spec, budget: Budget, thresholds=THRESHOLDS, batch_size: int = 500,
+                   device: str = "cpu") -> list[dict]:  # fmt: skip
+    """Every grid threshold's calibration record on (x, y), one threshold for all sites (``_grid``)."""
+    return _grid(zap, x, y, spec, budget, [({"threshold": t}, t) for t in thresholds], batch_size, device)
 
 
 def pick(rows: list[dict], eps: float, key: str = "threshold"):
@@ -337,17 +344,7 @@ def rate_grid(zap: Zap, x, y, spec, budget: Budget, rates=RATES, batch_size: int
     """``threshold_grid`` for per-site thresholds at equal miss rates (``miss_rate_thresholds`` on the
     same images): every rate's calibration record, with its thresholds."""
     per_rate = miss_rate_thresholds(zap, x, spec, rates, batch_size, device)
-    base, _, base_right = evaluate(zap, x, y, spec, None, batch_size, device)
-    base = with_flips(base, base_right, base_right)
-    rows = []
-    for r, thresholds in per_rate.items():
-        res, counts, right = evaluate(zap, x, y, spec, thresholds, batch_size, device)
-        res = with_flips(res, right, base_right)
-        rows.append({"rate": r, "thresholds": thresholds, "accuracy": res.accuracy,
-                     "drop": base.accuracy - res.accuracy, "lost": res.lost, "charge": budget.charge(res, base),
-                     "macs_saved_pct_network": counts.macs_saved_pct_network,
-                     "net_saved_pct_network": counts.net_saved_pct_network})  # fmt: skip
-    return rows
+    return _grid(zap, x, y, spec, budget, [({"rate": r}, t) for r, t in per_rate.items()], batch_size, device)
 
 
 def choose_threshold(zap: Zap, x, y, spec, eps: float, budget: Budget, thresholds=THRESHOLDS,

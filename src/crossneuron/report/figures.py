@@ -138,6 +138,18 @@ def _finish(fig, ax, ylabel: str, title: str):
     return fig
 
 
+def _finish_plane(fig, ax, oracle: float, oracle_label: str, xlabel: str, title: str):
+    """The MACs-saved / test-drop plane's common ending: the oracle as a dashed line, labels, legend, grid."""
+    ax.axhline(oracle, color="gray", linestyle="--", label=oracle_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("MACs saved (% of network, test split)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def per_site(result: Result, title: str):
     """Per site: its share of network MACs, the MACs saved there and its oracle (% of network)."""
     rows = result.per_site or []
@@ -278,14 +290,9 @@ def strategies(run: Run):
         for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(str(r["round"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     oracle = run.any_result().oracle_pct_network
-    ax.axhline(oracle, color="gray", linestyle="--", label=f"oracle of the original model ({oracle:.1f}%)")
-    ax.set_xlabel("test accuracy drop against the original model (points)")
-    ax.set_ylabel("MACs saved (% of network, test split)")
-    ax.set_title("Retraining strategies (open: before, filled: after)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish_plane(fig, ax, oracle, f"oracle of the original model ({oracle:.1f}%)",
+                         "test accuracy drop against the original model (points)",
+                         "Retraining strategies (open: before, filled: after)")  # fmt: skip
 
 
 def peers(run: Run):
@@ -306,12 +313,7 @@ def peers(run: Run):
                 ax.annotate(r["setting"].split(" (")[0].split(",")[0], (x, y), textcoords="offset points",
                             xytext=(4, 3), fontsize=6, color=f"C{i % 10}")  # fmt: skip
     oracle = run.compare["oracle_pct_network"]
-    ax.axhline(oracle, color="gray", linestyle="--", label=f"oracle ({oracle:.1f}%)")
     ax.axvline(0, color="lightgray", linewidth=0.8)
-    ax.set_xlabel("test accuracy drop (points; retrained: against the original model)")
-    ax.set_ylabel("MACs saved (% of network, test split)")
-    ax.set_title("The field side by side (SnaPEA and combined: counted on the first test images)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish_plane(fig, ax, oracle, f"oracle ({oracle:.1f}%)",
+                         "test accuracy drop (points; retrained: against the original model)",
+                         "The field side by side (SnaPEA and combined: counted on the first test images)")  # fmt: skip

@@ -86,14 +86,18 @@ class Evaluator:
         self._pending: list = []
         self.base = self.evaluate(Where("base", "-"), {})
 
+    def _lookup(self, where: Where, plans: dict[int, SitePlan]) -> tuple[str, dict[int, SitePlan], EvalResult | None]:
+        """The configuration's key, its predicting plans, and its stored record (None if not evaluated yet)."""
+        plans = {k: v for k, v in plans.items() if v}
+        key = config_hash(plans)
+        return key, plans, self.store.find(where, key)
+
     def evaluate(self, where: Where, plans: dict[int, SitePlan], may_cut: bool = False,
                  cut_eps: float | None = None) -> EvalResult:  # fmt: skip
         """Memoised evaluation. ``may_cut``: the engine may stop once the configuration provably falls
         outside the largest epsilon, or ``cut_eps`` (its record says so); only options within it
         matter there."""
-        plans = {k: v for k, v in plans.items() if v}
-        key = config_hash(plans)
-        found = self.store.find(where, key)
+        key, plans, found = self._lookup(where, plans)
         if found is not None:
             return found
         masks = {s: self.space.mask(s, plan) for s, plan in plans.items()}
@@ -111,9 +115,7 @@ class Evaluator:
         out: list[EvalResult | None] = [None] * len(items)
         todo = []
         for i, (where, plans) in enumerate(items):
-            plans = {k: v for k, v in plans.items() if v}
-            key = config_hash(plans)
-            out[i] = self.store.find(where, key)
+            key, plans, out[i] = self._lookup(where, plans)
             if out[i] is None:
                 todo.append((i, where, key, plans))
         if todo:
