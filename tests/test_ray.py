@@ -34,10 +34,11 @@ def test_modes_give_the_local_records_through_a_killed_worker_and_an_interrupted
 ):
     """uniform-layer and max-granularity on 2 Ray workers (between them every stage a mode runs: first
     level at site and block level, the patch and channel quantizers, the layer quantizer): a worker
-    killed after 40 evaluations is restarted and its evaluation retried; the driver stopped after 150
-    resumes on the batched engine (candidates in one call per shard); the records equal the local naive
-    engine's. (GT 1: one block per channel, so the
-    evaluations stay few; the Ray engine is the same for every mode.)"""
+    killed after 40 evaluations (each evaluation split by images over both) is restarted and its
+    evaluation retried; the driver stopped after 150 resumes with the workers in two groups that take a
+    stage's candidates side by side, on the batched engine; the records equal the local naive engine's.
+    (GT 1: one block per channel, so the evaluations stay few; the Ray engine is the same for every
+    mode.)"""
     from crossneuron.search import ray_engine
     from crossneuron.search.ray_engine import RayBackend
 
@@ -60,8 +61,9 @@ def test_modes_give_the_local_records_through_a_killed_worker_and_an_interrupted
         optimize(ctx, options, out, "naive", check=0, backend=RayBackend(2))
     assert 100 < len(_records(out)) < len(_records(local))
     monkeypatch.setattr(ray_engine.RayEngine, "evaluate", evaluate)
-    # resumed with the batched engine on the workers: a stage's candidates go to each shard in one call
-    theirs = optimize(ctx, options, out, "batched", check=0, backend=RayBackend(2))
+    # resumed on two groups of one worker each, the batched engine on them: a stage's candidates are
+    # spread over the groups, each evaluating its part in one call
+    theirs = optimize(ctx, options, out, "batched", check=0, backend=RayBackend(2, groups=2))
     assert _records(out) == _records(local) and len(_records(out)) > 200
     eps = lambda s: {m: info["eps"] for m, info in s["modes"].items()}  # noqa: E731
     assert eps(theirs) == eps(summary)
@@ -75,6 +77,8 @@ def test_bad_backend_values_are_one_line(cli, ckpt, tmp_path):
 
     with pytest.raises(CrossneuronError, match="--workers must be"):
         RayBackend(0).check()
+    with pytest.raises(CrossneuronError, match="--groups must divide the 3 Ray workers"):
+        RayBackend(3, groups=2).check()
     code, _, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "x", "--backend", "spark")
     assert code != 0 and "unknown --backend 'spark': choose local or ray" in err
     code, _, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "x", "--backend", "ray", "--workers", 0)

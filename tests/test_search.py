@@ -10,6 +10,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as hst
 
 import crossneuron as cn
 from crossneuron.context import open_checkpoint
@@ -607,7 +609,41 @@ def test_batched_engine_equals_naive_candidate_for_candidate(ckpt):
     assert any(r.correct != naive.base.correct for r in got)  # some candidates changed outcomes
 
 
-def test_batched_engine_search_records_equal_naive(full_run, tmp_path):
+def test_ray_shard_without_batching_evaluates_a_list_one_by_one(ckpt):
+    """A Ray actor's shard (here in this process) on the fast engine takes a list of candidates and
+    evaluates them one by one: every record equals naive's."""
+    from crossneuron.search.ray_engine import _Shard
+
+    naive, _ = _engines(ckpt, 120, 50)
+    ctx = open_checkpoint(ckpt)
+    x, y, _ = calibration(ctx, 120, 0)
+    shard = _Shard(cn.attach(ctx.model, ctx.spec.input_shape, 2), normalise(x, ctx.spec), y, 50, "fast",
+                   torch.get_num_threads())  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    candidates = [{s.index: torch.rand(shard.engine.net.spatial(s).mask.shape, generator=g) < 0.5}
+                  for s in shard.engine.net.sites[:4]] + [{}]  # fmt: skip
+    got = shard.evaluate_many(candidates)
+    want = [naive.evaluate(c) for c in candidates]
+    assert [(r.correct, r.macs_saved, r.mispredicted, r.lost) for r in got] == [
+        (r.correct, r.macs_saved, r.mispredicted, r.lost) for r in want]  # fmt: skip
+    assert len({r.correct for r in want}) > 1
+
+
+@given(hst.integers(0, 200), hst.integers(1, 40))
+def test_spread_parts_are_contiguous_balanced_and_cover(n, groups):
+    from crossneuron.search.ray_engine import spread
+
+    parts = spread(n, groups)
+    assert len(parts) == groups and [i for p in parts for i in p] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_batched_engine_search_records_equal_naive(full_run, tmp_path, monkeypatch):
+    """A whole search on the batched engine, told it can use 25 candidates at once (as Ray groups do), so
+    the stages hand over chunks of several targets or units per call: the records equal naive's."""
+    from crossneuron.search.batched import BatchedEngine
+
+    monkeypatch.setattr(BatchedEngine, "parallel", 25, raising=False)
     ctx, reference, _ = full_run
     modes = ["uniform-layer", "max-granularity"]  # between them, every stage that hands over candidates at once
     optimize(ctx, SearchOptions(modes=modes, **OPTIONS), tmp_path / "batched", engine_name="batched")

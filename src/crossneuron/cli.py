@@ -331,9 +331,13 @@ def optimize(
     other_data: OtherData = False,
     dry_run: Annotated[bool, typer.Option(help="print evaluations per stage and an estimated time")] = False,
     backend: Annotated[
-        str, typer.Option(help="local (this process) or ray (each evaluation split by images over Ray workers)")
+        str, typer.Option(help="local (this process) or ray (evaluations spread over Ray workers)")
     ] = "local",
     workers: Annotated[int, typer.Option(help="--backend ray: workers (actors), one CPU each")] = 2,
+    groups: Annotated[
+        int, typer.Option(help="--backend ray: groups of workers that take independent candidates side by side "
+                               "(each group splits an evaluation by images); a divisor of --workers")
+    ] = 1,
     ray_address: Annotated[
         str | None, typer.Option(help="--backend ray: a running cluster (auto, HOST:PORT); default: start a local one")
     ] = None,
@@ -355,7 +359,7 @@ def optimize(
         raise CrossneuronError(f"unknown --backend '{backend}': choose local or ray")
     from .search.ray_engine import RayBackend
 
-    on_ray = RayBackend(workers, ray_address) if backend == "ray" else None
+    on_ray = RayBackend(workers, ray_address, groups=groups) if backend == "ray" else None
     if on_ray is not None:
         on_ray.check()
     ctx = open_checkpoint(checkpoint, data_root, device, other_data=other_data)

@@ -86,6 +86,11 @@ class Evaluator:
         self._pending: list = []
         self.base = self.evaluate(Where("base", "-"), {})
 
+    @property
+    def parallel(self) -> int:
+        """Independent candidates the engine can use at once (Ray groups; 1 for one process)."""
+        return getattr(self.engine, "parallel", 1)
+
     def _lookup(self, where: Where, plans: dict[int, SitePlan]) -> tuple[str, dict[int, SitePlan], EvalResult | None]:
         """The configuration's key, its predicting plans, and its stored record (None if not evaluated yet)."""
         plans = {k: v for k, v in plans.items() if v}

@@ -1,6 +1,7 @@
-"""The Ray backend (issue 18): one evaluation split over Ray actors by disjoint shards of the
-calibration images.
+"""The Ray backend (issue 18): evaluations spread over Ray actors two ways, both exact.
 
+Across images: one evaluation is split over a group of actors by disjoint shards of the calibration
+images.
 Correct counts, lost images, MACs saved and mispredictions add up over disjoint sets of images, so
 the sum of the shards' records is the record one process makes over all of them. Each actor holds the
 net (shipped once through Ray's object store), its shard of the images and a local engine (``naive``,
@@ -11,8 +12,12 @@ The driver keeps the one SQLite store and commits each record as it returns, as 
 a killed driver resumes as today, and an actor that dies is restarted by Ray (which rebuilds it from
 the same object-store arguments) and its task retried.
 
-Because one evaluation is split by images, the sequential stages (layer-quantizer steps, refine
-moves, milp verifications) scale as well as the independent first-level ones.
+Across candidates: the workers form ``groups`` equal groups, each holding every shard once; a batch
+of independent candidates (first-level targets, a quantizer unit's candidates) is spread over the
+groups, each group evaluating its part by image shards. Sequential evaluations (layer-quantizer steps,
+refine moves, milp verifications) go to the groups in turn, so with one group every worker serves
+each of them (the sequential stages scale by images), and with many groups the independent stages
+scale past the point where image shards become too small to pay.
 """
 
 from __future__ import annotations
@@ -30,17 +35,24 @@ from .records import EvalResult
 @dataclass(frozen=True)
 class RayBackend:
     """Where evaluations run: ``workers`` actors of ``threads`` torch threads each, on the Ray cluster
-    at ``address`` (``auto``, ``HOST:PORT``) or, with None, on a local one this process starts."""
+    at ``address`` (``auto``, ``HOST:PORT``) or, with None, on a local one this process starts;
+    ``groups`` equal groups of them take independent candidates side by side (1: every worker on every
+    evaluation, split by images)."""
 
     workers: int = 2
     address: str | None = None
     threads: int = 1
+    groups: int = 1
 
     def check(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise CrossneuronError(f"--workers must be a number of Ray workers >= 1, got {self.workers!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise CrossneuronError(f"threads per Ray worker must be >= 1, got {self.threads!r}")
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1 \
+                or self.workers % self.groups:  # fmt: skip
+            raise CrossneuronError(f"--groups must divide the {self.workers} Ray workers into equal groups "
+                                   f"(a divisor of --workers), got {self.groups!r}")  # fmt: skip
 
 
 def _ray():
@@ -71,7 +83,15 @@ class _Shard:
         return self.engine.evaluate(masks)
 
     def evaluate_many(self, candidates: list[dict[int, torch.Tensor]]) -> list[EvalResult]:
-        return self.engine.evaluate_many(candidates)
+        many = getattr(self.engine, "evaluate_many", None)  # batched; the others one by one, here
+        return many(candidates) if many is not None else [self.engine.evaluate(c) for c in candidates]
+
+
+def spread(n: int, groups: int) -> list[range]:
+    """Candidates 0..n-1 in ``groups`` contiguous parts whose sizes differ by at most one, in order."""
+    size, extra = divmod(n, groups)
+    starts = [g * size + min(g, extra) for g in range(groups + 1)]
+    return [range(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
 def _sum(parts: list[EvalResult], seconds: float) -> EvalResult:
@@ -111,24 +131,30 @@ class RayEngine:
         if cpu_net is None:
             raise CrossneuronError("the Ray backend evaluates on CPU workers: open the checkpoint with --device cpu")
         actor = ray.remote(num_cpus=backend.threads, max_restarts=3, max_task_retries=3)(_Shard)
-        shards = [s for s in torch.arange(self.images).tensor_split(backend.workers) if len(s)]
+        shards = [s for s in torch.arange(self.images).tensor_split(backend.workers // backend.groups) if len(s)]
         # every constructor argument stays referenced here: Ray rebuilds a restarted actor from them
         self._refs = [ray.put(cpu_net)] + [ray.put(t[s].cpu()) for s in shards for t in (images, labels)]
-        self.actors = [actor.remote(self._refs[0], self._refs[1 + 2 * i], self._refs[2 + 2 * i], batch_size, inner,
-                                    backend.threads) for i in range(len(shards))]  # fmt: skip
+        self.groups = [[actor.remote(self._refs[0], self._refs[1 + 2 * i], self._refs[2 + 2 * i], batch_size, inner,
+                                     backend.threads) for i in range(len(shards))]
+                       for _ in range(backend.groups)]  # fmt: skip
+        self.actors = [a for group in self.groups for a in group]
+        self.parallel = len(self.groups)  # independent candidates worth handing over at once
+        self._turn = 0
         t0 = time.perf_counter()
-        self.base = _sum(ray.get([a.base.remote() for a in self.actors]), time.perf_counter() - t0)
+        self.base = _sum(ray.get([a.base.remote() for a in self.groups[0]]), time.perf_counter() - t0)
         self.calls, self.overhead = 0, 0.0  # evaluations, and their wall time beyond the slowest shard's own
-        if inner == "batched":  # a stage's candidates go to every shard in one call (one round trip, not one each)
+        if inner == "batched" or self.parallel > 1:  # candidates in one call per actor (one round trip each)
             self.evaluate_many = self._evaluate_many
 
-
     def evaluate(self, masks: dict[int, torch.Tensor], min_correct: int | None = None) -> EvalResult:
-        """Every shard evaluates ``masks`` in full (``min_correct`` is not used: nothing is cut short)."""
+        """The next group's shards evaluate ``masks`` in full (``min_correct`` is not used: nothing is cut
+        short)."""
         t0 = time.perf_counter()
         ray = _ray()
         masks = {k: (None if m is None else m.cpu()) for k, m in masks.items()}
-        parts = ray.get([a.evaluate.remote(masks) for a in self.actors])
+        group = self.groups[self._turn % len(self.groups)]
+        self._turn += 1
+        parts = ray.get([a.evaluate.remote(masks) for a in group])
         wall = time.perf_counter() - t0
         self.calls += 1
         self.overhead += max(0.0, wall - max(p.seconds for p in parts))
@@ -136,15 +162,23 @@ class RayEngine:
 
     def _evaluate_many(self, candidates: list[dict[int, torch.Tensor]],
                        min_correct: int | None = None) -> list[EvalResult]:  # fmt: skip
-        """Every shard evaluates every candidate (its own ``evaluate_many``); records summed per candidate."""
+        """The candidates in contiguous parts, one per group; each shard of a group evaluates its part
+        (its own ``evaluate_many``) in one call; records summed per candidate over the group's shards."""
         t0 = time.perf_counter()
         ray = _ray()
         candidates = [{k: (None if m is None else m.cpu()) for k, m in c.items()} for c in candidates]
-        per_shard = ray.get([a.evaluate_many.remote(candidates) for a in self.actors])
+        parts = [p for p in spread(len(candidates), len(self.groups)) if len(p)]
+        calls = []
+        for group, part in zip(self.groups[: len(parts)], parts, strict=True):  # fewer parts: the last groups rest
+            ref = ray.put([candidates[i] for i in part])
+            calls.append([a.evaluate_many.remote(ref) for a in group])
+        per_group = [ray.get(c) for c in calls]  # per group: per shard, the part's records
         wall = time.perf_counter() - t0
         self.calls += len(candidates)
-        self.overhead += max(0.0, wall - max(sum(r.seconds for r in rows) for rows in per_shard))
-        return [_sum(list(parts), wall / max(1, len(candidates))) for parts in zip(*per_shard, strict=True)]
+        slowest = max((sum(r.seconds for r in rows) for shards in per_group for rows in shards), default=0.0)
+        self.overhead += max(0.0, wall - slowest)
+        share = wall / max(1, len(candidates))
+        return [_sum(list(each), share) for shards in per_group for each in zip(*shards, strict=True)]
 
     def close(self) -> None:
         """End the workers (their CPUs go back to the cluster); the engine cannot evaluate afterwards."""

@@ -46,17 +46,30 @@ def first_level(st: Stages, mode: Mode) -> dict[Key, list[Option]]:
     if st.ev.screener is not None and mode.below_site:
         return _first_level_screened(st, mode)
     targets = mode.targets(st.space.channels(), st.space.blocks())
-    total, done, ranked = len(targets) * len(st.space.codes), 0, {}
-    for site, channel, block in targets:  # a target's patterns are independent: one call (batched engines)
-        plans = [(Piece(channel, block, code),) for code in st.space.codes]
-        wheres = [Where("first", mode.name, site, channel, block, pattern=code) for code in st.space.codes]
-        results = st.ev.evaluate_many([(w, {site: plan}) for w, plan in zip(wheres, plans, strict=True)], may_cut=True)
-        opts = [Option(plan, result) for plan, result in zip(plans, results, strict=True)]
-        for result in results:
-            done += 1
-            st.progress(f"{mode.name}: first level", done, total, result)
-        ranked[(site, channel, block)] = st.rank(opts)
+    codes = st.space.codes
+    total, done, ranked = len(targets) * len(codes), 0, {}
+    # targets' patterns are independent: one call per chunk of targets (batched engines, Ray groups)
+    for chunk in chunks(targets, len(codes), st.ev.parallel):
+        plans = [(Piece(channel, block, code),) for _, channel, block in chunk for code in codes]
+        wheres = [Where("first", mode.name, *target, pattern=code) for target in chunk for code in codes]
+        sites = [site for site, _, _ in chunk for _ in codes]
+        results = st.ev.evaluate_many([(w, {s: p}) for w, s, p in zip(wheres, sites, plans, strict=True)], may_cut=True)
+        for t, target in enumerate(chunk):
+            part = slice(t * len(codes), (t + 1) * len(codes))
+            opts = [Option(plan, r) for plan, r in zip(plans[part], results[part], strict=True)]
+            for option in opts:
+                done += 1
+                st.progress(f"{mode.name}: first level", done, total, option.result)
+            ranked[target] = st.rank(opts)
     return ranked
+
+
+def chunks(units: list, per_unit: int, parallel: int) -> list[list]:
+    """``units`` (each ``per_unit`` independent candidates) in consecutive chunks with enough candidates
+    to keep ``parallel`` evaluators busy: one unit per chunk where ``parallel`` is 1 (so a kill loses at
+    most one unit's records)."""
+    step = max(1, -(-parallel // max(1, per_unit)))
+    return [units[i : i + step] for i in range(0, len(units), step)]
 
 
 def _first_level_screened(st: Stages, mode: Mode) -> dict[Key, list[Option]]:
@@ -113,18 +126,25 @@ def quantize(st: Stages, mode: str, stage: str, units: dict[Key, list[list[Optio
     combine = COMBINERS[st.options.combine]
     total = sum(max((len(o) for o in subs), default=0) for subs in units.values())
     done, out = 0, {}
-    for (site, channel, block), subs in units.items():
-        plans = list(combine(subs))
-        wheres = [Where(stage, mode, site, channel, block, candidate=k) for k in range(len(plans))]
-        if st.ev.screener is not None and (channel, block) != (None, None):  # below site level
-            results = [st.ev.screened(where, site, plan) for where, plan in zip(wheres, plans, strict=True)]
-        else:  # a unit's candidates are independent: one call (batched engines)
-            results = st.ev.evaluate_many([(w, {site: p}) for w, p in zip(wheres, plans, strict=True)], may_cut=True)
-        opts = [Option(plan, result) for plan, result in zip(plans, results, strict=True)]
-        for result in results:
-            done += 1
-            st.progress(f"{mode}: {stage} quantizer", done, total, result)
-        out[(site, channel, block)] = st.rank(opts)
+    plans = {key: list(combine(subs)) for key, subs in units.items()}
+    width = max((len(p) for p in plans.values()), default=1)
+    # units' candidates are independent: one call per chunk of units (batched engines, Ray groups)
+    for chunk in chunks(list(plans), width, st.ev.parallel):
+        items = [(Where(stage, mode, site, channel, block, candidate=k), {site: plan})
+                 for site, channel, block in chunk for k, plan in enumerate(plans[(site, channel, block)])]  # fmt: skip
+        if st.ev.screener is not None and chunk[0][1:] != (None, None):  # below site level
+            results = [st.ev.screened(w, site, plan) for w, ps in items for site, plan in ps.items()]
+        else:
+            results = st.ev.evaluate_many(items, may_cut=True)
+        start = 0
+        for key in chunk:
+            opts = [Option(plan, r) for plan, r in zip(plans[key], results[start : start + len(plans[key])],
+                                                       strict=True)]  # fmt: skip
+            start += len(plans[key])
+            for option in opts:
+                done += 1
+                st.progress(f"{mode}: {stage} quantizer", done, total, option.result)
+            out[key] = st.rank(opts)
     st.ev.flush()
     return out
 
