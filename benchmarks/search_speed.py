@@ -5,8 +5,8 @@
         [--threads 2]
 
 An engine ``ray-ENGINE:W`` (e.g. ``ray-naive:2``) is ENGINE on W Ray workers of one thread each
-(issue 18; a local cluster is started); its Ray overhead per evaluation (wall time beyond the slowest
-shard's own) is printed with it.
+(issue 18; a local cluster is started), ``ray-ENGINE:WxG`` the same in G groups (``--groups``); its Ray
+overhead per evaluation (wall time beyond the slowest shard's own) is printed with it.
 
 Part a (default): runs the complete search (all stages of the mode, calibration images only: the test-split
 measurement afterwards is the same for every engine and is left out) with each engine into a
@@ -59,12 +59,13 @@ def same(ref, other, min_correct) -> bool:
 
 
 def build_engine(name: str, ctx, opts):
-    """make_engine, or for ``ray-ENGINE:W`` that engine on W Ray workers."""
+    """make_engine, or for ``ray-ENGINE:W[xG]`` that engine on W Ray workers in G groups."""
     if name.startswith("ray-"):
         from crossneuron.search.ray_engine import RayBackend
 
         inner, _, workers = name[4:].partition(":")
-        return make_engine(inner, ctx, opts, RayBackend(int(workers or 2)))
+        w, _, g = (workers or "2").partition("x")
+        return make_engine(inner, ctx, opts, RayBackend(int(w), groups=int(g or 1)))
     return make_engine(name, ctx, opts)
 
 

@@ -105,7 +105,9 @@ def test_loss_by_hand():
     assert float(loss(s, x, computed)) == pytest.approx(0.5625 / 2)
 
 
-def test_fit_learns_the_zero_map(ckpt):
+def test_fit_learns_the_zero_map_and_resumes_to_the_same_weights(ckpt, tmp_path):
+    """Training lowers the loss and is reproducible by seed; a training killed after its second epoch
+    goes on from its snapshot to the weights an uninterrupted one reaches, then removes the snapshot."""
     from crossneuron.context import open_checkpoint
 
     ctx = open_checkpoint(ckpt)
@@ -115,8 +117,22 @@ def test_fit_learns_the_zero_map(ckpt):
     torch.rand(7)  # the global generator moved on: the predictors' weights depend on their seed alone
     history = zap.fit(x[:256], ctx.spec, epochs=3, lr=0.01, batch_size=64)
     assert len(history) == 3 and history[-1] < history[0]
-    again = Zap(cn.attach(ctx.model, ctx.spec.input_shape, 2))
-    assert again.fit(x[:256], ctx.spec, epochs=3, lr=0.01, batch_size=64) == history  # same seed, same training
+    again, state = Zap(cn.attach(ctx.model, ctx.spec.input_shape, 2)), tmp_path / "zap.state"
+
+    def killed(line):
+        if line.startswith("ZAP epoch 2/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        again.fit(x[:256], ctx.spec, epochs=3, lr=0.01, batch_size=64, log=killed, state=state)
+    assert state.exists()
+    lines = []
+    again = Zap(cn.attach(ctx.model, ctx.spec.input_shape, 2))  # a new process: fresh predictors and optimiser
+    resumed = again.fit(x[:256], ctx.spec, epochs=3, lr=0.01, batch_size=64, log=lines.append, state=state)
+    assert resumed == history  # same seed, same training, through the kill
+    assert lines[0] == "ZAP: resumed after epoch 2/3" and len(lines) == 2
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), zap.state_dict().values(), strict=True))
+    assert not state.exists()
     # trained, the scores separate the true zeros from the non-zeros on unseen images
     xv, yv = ctx.data("val")
     r_lo, c_lo, _ = evaluate(zap, xv[:100], yv[:100], ctx.spec, 0.2)

@@ -83,7 +83,8 @@ def zap_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
         n = min(opts["zap_images"], len(x))
         some = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[:n]))
         zap = Zap(net)
-        history = zap.fit(x[some], ctx.spec, epochs=opts["zap_epochs"], lr=opts["zap_lr"], device=ctx.device, log=log)
+        history = zap.fit(x[some], ctx.spec, epochs=opts["zap_epochs"], lr=opts["zap_lr"], device=ctx.device, log=log,
+                          state=folder / "zap-train.state")  # a killed training goes on from its last epoch
         train_seconds = time.perf_counter() - t0
         zap.save(weights)
         write_json(folder / "zap-train.json", {"options": opts, "train_loss": history, "train_seconds": train_seconds})

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -153,8 +154,11 @@ class Zap(nn.Module):
                 h.remove()
 
     def fit(self, x: torch.Tensor, spec, epochs: int = 3, lr: float = 0.03, batch_size: int = 128,
-            device: str = "cpu", seed: int = 0, log=None) -> list[float]:  # fmt: skip
-        """Train every predictor on images ``x`` (labels unused); returns the mean loss of each epoch."""
+            device: str = "cpu", seed: int = 0, log=None, state=None) -> list[float]:  # fmt: skip
+        """Train every predictor on images ``x`` (labels unused); returns the mean loss of each epoch.
+        ``state``: a file that holds the training after each epoch (predictors, Adam, the shuffling
+        generator); a fit given the same file, images and options goes on from the last finished epoch
+        to the same weights an uninterrupted fit reaches; the file is removed once the fit is done."""
         if epochs < 1:
             raise CrossneuronError(f"ZAP epochs must be >= 1, got {epochs}")
         self._check_no_masks()
@@ -162,9 +166,14 @@ class Zap(nn.Module):
         self.net.to(device).eval()
         opt = torch.optim.Adam(self.predictors.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed)
-        history = []
+        history: list[float] = []
         labels = torch.zeros(len(x), dtype=torch.int64)
-        for epoch in range(epochs):
+        fingerprint = [len(x), float(x.float().sum()), epochs, lr, batch_size, seed, self.code]
+        if state is not None and Path(state).exists():
+            history = self._resume(Path(state), opt, g, fingerprint)
+            if log and history:
+                log(f"ZAP: resumed after epoch {len(history)}/{epochs}")
+        for epoch in range(len(history), epochs):
             total, steps = 0.0, 0
             for xb, _ in batches(x, labels, spec, batch_size, device, shuffle=g):
                 with torch.no_grad(), self._capturing() as seen:
@@ -175,10 +184,31 @@ class Zap(nn.Module):
                 opt.step()
                 total, steps = total + float(term.detach()) / len(self.predictors), steps + 1
             history.append(total / steps)
+            if state is not None:
+                snapshot = {"predictors": self.state_dict(), "adam": opt.state_dict(), "shuffle": g.get_state(),
+                            "history": history, "fingerprint": fingerprint}  # fmt: skip
+                atomic_write(state, lambda tmp, s=snapshot: torch.save(s, tmp))
             if log:
                 log(f"ZAP epoch {epoch + 1}/{epochs}: mean loss per site {history[-1]:.4f}")
         self.eval()
+        if state is not None:
+            Path(state).unlink(missing_ok=True)
         return history
+
+    def _resume(self, state: Path, opt, g: torch.Generator, fingerprint: list) -> list[float]:
+        """Load a training snapshot into the predictors, ``opt`` and ``g``; its epochs' losses ([] where
+        it was made for other images or options: the fit starts over)."""
+        try:
+            snap = torch.load(state, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - an unreadable snapshot is one clear line
+            raise CrossneuronError(f"{state} is corrupt ({type(exc).__name__}); delete it to train from the start"
+                                   ) from None  # fmt: skip
+        if snap.get("fingerprint") != fingerprint:
+            return []
+        self.load_state_dict(snap["predictors"])
+        opt.load_state_dict(snap["adam"])
+        g.set_state(snap["shuffle"])
+        return list(snap["history"])
 
     def _check_no_masks(self) -> None:
         if any(self.net.spatial(s).predicting for s in self.net.sites):
