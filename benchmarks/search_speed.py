@@ -107,6 +107,8 @@ def main() -> None:
             extra = f"  Ray overhead {1000 * eng.overhead / max(1, eng.calls):.1f} ms per evaluation" \
                 if hasattr(eng, "overhead") else ""  # fmt: skip
             print(f"{engine:6s} {times[engine]:8.1f} s  {store.count()} evaluations{extra}")
+            if hasattr(eng, "close"):  # a Ray engine gives its workers' CPUs back for the next one
+                eng.close()
     names = list(times)
     ref = recs[names[0]]
     base = ref["base|-|None|None|None|None|None"][0]
