@@ -57,6 +57,22 @@ def test_each_rule_charges_what_its_definition_says():
     assert get_budget("ucb").charge(rec(0, 0), BASE) == 0.0  # nothing moved: nothing charged
 
 
+def test_paired_charges_the_mean_flip_plus_z_standard_errors():
+    """``paired`` against a direct computation over the per-image differences d_i (1 lost, -1 gained,
+    0 else): their mean plus z_0.9 (1.2816) sample standard deviations / sqrt(N)."""
+    d = [1] * 30 + [-1] * 30 + [0] * 940  # 30 images each way: net 0, churn 60
+    mean = sum(d) / len(d)
+    sd = (sum((x - mean) ** 2 for x in d) / len(d)) ** 0.5
+    want = 100 * (mean + 1.2815515655446004 * sd / len(d) ** 0.5)
+    assert get_budget("paired").charge(rec(30, 30), BASE) == pytest.approx(want, abs=1e-9)
+    assert want == pytest.approx(0.99, abs=0.01) and Flips().charge(rec(30, 30), BASE) == pytest.approx(3.0)
+    r = rec(lost=5, gained=2)  # 3 of 1000 net, 7 discordant
+    assert get_budget("paired:0.5").charge(r, BASE) == pytest.approx(NET.charge(r, BASE))  # z = 0: the net drop
+    assert get_budget("paired:0.95").charge(r, BASE) == pytest.approx(
+        100 * (3 + 1.6448536269514722 * (7 - 9 / 1000) ** 0.5) / 1000)  # fmt: skip
+    assert get_budget("paired").charge(rec(0, 0), BASE) == 0.0
+
+
 @pytest.mark.parametrize("k,n", [(0, 1), (0, 10), (3, 10), (9, 10), (10, 10), (40, 100)])
 def test_rate_bounds_are_the_clopper_pearson_bounds(k, n):
     expected = 1.0 if k == n else upper_by_bisection(k, n, 0.9)
@@ -73,7 +89,7 @@ def test_rate_bounds_are_the_clopper_pearson_bounds(k, n):
 def test_every_rule_charges_at_least_the_net_drop_so_the_engine_cut_is_safe(lost, gained, eps):
     r = rec(lost, gained, images=1000, base=600)
     base = EvalResult(600, 1000, 0, 0, lost=0)
-    for spec in ("net", "flips", "ucb", "ucb:0.99", "ucb:0.6"):
+    for spec in ("net", "flips", "ucb", "ucb:0.99", "ucb:0.6", "paired", "paired:0.5", "paired:0.99"):
         rule = get_budget(spec)
         assert rule.charge(r, base) >= NET.charge(r, base) - 1e-9
         if rule.within(r, base, eps):
@@ -82,11 +98,12 @@ def test_every_rule_charges_at_least_the_net_drop_so_the_engine_cut_is_safe(lost
 
 def test_a_record_cut_short_is_never_within():
     cut = rec(0, 0, cut_short=True)
-    for spec in ("net", "flips", "ucb"):
+    for spec in ("net", "flips", "ucb", "paired"):
         assert not get_budget(spec).within(cut, BASE, 100)
 
 
-@pytest.mark.parametrize("spec", ["nosuch", "ucb:1", "ucb:0", "ucb:x", "flips:0.9", "net:2"])
+@pytest.mark.parametrize("spec", ["nosuch", "ucb:1", "ucb:0", "ucb:x", "flips:0.9", "net:2", "paired:0.4",
+                                  "paired:1", "paired:x"])
 def test_bad_budget_is_one_clear_error(spec):
     with pytest.raises(CrossneuronError, match="budget"):
         get_budget(spec)
