@@ -37,7 +37,7 @@ class SearchOptions:
     # the reference every search evaluates on its calibration images (the 2018 diagonal at every
     # site; None: none); with refine, a second pass starts from it at its own calibration drop
     baseline: str | None = "diagonal"
-    budget: str = "flips"  # what "within epsilon" means (budget.get_budget): net, flips, ucb[:LEVEL], paired[:LEVEL]; 0.6: flips
+    budget: str = "flips"  # "within epsilon" (budget.get_budget): net, flips, ucb[:LEVEL], paired[:LEVEL]; 0.6: flips
     optimizer: str = "milp"  # after the quantizers: layer (SPEC 6's layer quantizer), milp, or both; 0.6: milp
     milp_rounds: int = 6  # milp: exact verifications (and re-solves) per epsilon at most
     milp_seconds: float = 20.0  # milp: the solver's time limit per solve (the budget study's setting)
