@@ -61,6 +61,15 @@ def _lost(result: EvalResult) -> int:
     return result.lost
 
 
+def _flips(result: EvalResult, base: EvalResult) -> tuple[int, int]:
+    """The record's paired flips against the base: images (lost, gained)."""
+    lost = _lost(result)
+    gained = result.correct - base.correct + lost
+    if gained < 0:
+        raise CrossneuronError(f"inconsistent record: {lost} images lost but only {result.correct} right")
+    return lost, gained
+
+
 @dataclass(frozen=True)
 class Net(Budget):
     name: str = "net"
@@ -110,10 +119,7 @@ class UpperBound(Budget):
     name: str = "ucb"
 
     def charge(self, result: EvalResult, base: EvalResult) -> float:
-        lost = _lost(result)
-        gained = result.correct - base.correct + lost
-        if gained < 0:
-            raise CrossneuronError(f"inconsistent record: {lost} images lost but only {result.correct} right")
+        lost, gained = _flips(result, base)
         if lost == gained == 0:
             return 0.0
         each = 1 - (1 - self.level) / 2
@@ -129,10 +135,7 @@ class Paired(Budget):
     def charge(self, result: EvalResult, base: EvalResult) -> float:
         from statistics import NormalDist
 
-        lost = _lost(result)
-        gained = result.correct - base.correct + lost
-        if gained < 0:
-            raise CrossneuronError(f"inconsistent record: {lost} images lost but only {result.correct} right")
+        lost, gained = _flips(result, base)
         n, diff = result.images, lost - gained
         spread = max(0.0, lost + gained - diff * diff / n) ** 0.5
         return 100.0 * (diff + NormalDist().inv_cdf(self.level) * spread) / n
@@ -152,22 +155,16 @@ def get_budget(spec: str) -> Budget:
         return NET
     if name == "flips" and not arg:
         return Flips()
-    if name == "ucb":
+    if name in ("ucb", "paired"):
         try:
             level = float(arg) if arg else 0.9
         except ValueError:
             level = float("nan")
-        if not 0 < level < 1:
+        if name == "ucb" and not 0 < level < 1:
             raise CrossneuronError(f"--budget ucb:LEVEL needs a confidence level between 0 and 1, got '{arg}'")
-        return UpperBound(name=f"ucb:{level:g}", level=level)
-    if name == "paired":
-        try:
-            level = float(arg) if arg else 0.9
-        except ValueError:
-            level = float("nan")
-        if not 0.5 <= level < 1:
+        if name == "paired" and not 0.5 <= level < 1:
             raise CrossneuronError(f"--budget paired:LEVEL needs a confidence level in [0.5, 1), got '{arg}'")
-        return Paired(name=f"paired:{level:g}", level=level)
+        return (UpperBound if name == "ucb" else Paired)(name=f"{name}:{level:g}", level=level)
     raise CrossneuronError(f"unknown --budget '{spec}': choose net, flips, ucb[:LEVEL] or paired[:LEVEL] "
                            "(e.g. ucb:0.9)")  # fmt: skip
 
