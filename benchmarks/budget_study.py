@@ -13,6 +13,12 @@ finished cell is never run again; each cell reuses the records of the cells on t
 images (``optimize(reuse=...)``: same masks, same record). The check images are the same 1,000 val images in every cell.
 ``--collect`` only reads what is there: ``study.json`` and a Markdown table on stdout, per cell
 calibration / check / test drop, test drop - eps and MACs saved (% of network, test split).
+
+Every cell also audits its trajectory (``optimize(audit=True)``: each configuration measured on the check
+images), and ``--rules`` replays each rule's pick (``audit.replay``) among all configurations the cells on
+the same calibration images evaluated: per rule and eps, the check drop and the MACs saved on the check
+images, without searching again. A rule's own search would also steer which configurations exist, so the
+replay compares the rules' acceptance on one common pool; the cells run with a rule say what it finds.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from crossneuron.audit import replay
 from crossneuron.context import open_checkpoint
 from crossneuron.fsutil import write_json
 from crossneuron.runfolder import optimize
+from crossneuron.search.budget import get_budget
 from crossneuron.search.options import SearchOptions
 
 
@@ -54,7 +62,7 @@ def run_cell(
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
-    summary = optimize(ctx, options, folder, engine_name="fast", reuse=reuse)
+    summary = optimize(ctx, options, folder, engine_name="fast", reuse=reuse, audit=True)
     print(f"{folder.name}: {time.perf_counter() - t0:.0f} s, {summary['evaluations']} records", flush=True)
     return summary
 
@@ -97,6 +105,43 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pooled_audits(out: Path) -> dict[tuple[int, str], dict]:
+    """Per (calibration size, mode): the audits of every cell on those images, configurations pooled."""
+    pools: dict[tuple[int, str], dict] = {}
+    for path in sorted(out.glob("*/*/audit.json")):
+        audit = json.loads(path.read_text())
+        pool = pools.setdefault((audit["calib_images"], audit["mode"]), {**audit, "rows": [], "seen": set()})
+        if (pool["calib_base_correct"], pool["check_base_correct"]) != (audit["calib_base_correct"],
+                                                                        audit["check_base_correct"]):  # fmt: skip
+            raise SystemExit(f"{path}: not the same calibration or check images as the other cells")
+        for row in audit["rows"]:
+            if row["config"] not in pool["seen"]:
+                pool["seen"].add(row["config"])
+                pool["rows"].append(row)
+    return pools
+
+
+def replay_table(out: Path, rules: list[str], eps: list[float]) -> tuple[str, list[dict]]:
+    """Each rule's pick among the pooled configurations: check drop and check MACs saved per eps."""
+    rows, lines = [], []
+    for (calib, mode), pool in sorted(pooled_audits(out).items()):
+        lines += [f"\n{mode}, {calib} calibration images, {pool['check_images']} check images, "
+                  f"{len(pool['rows'])} configurations pooled; cells: % network saved / drop on the check images\n",
+                  "| rule | " + " | ".join(f"eps {e:g}" for e in eps) + " | check <= eps + 0.25 (eps <= 1) | "
+                  "most saved at a check drop <= 1 |", "|---|" + "---|" * len(eps) + "---:|---:|"]  # fmt: skip
+        for rule in rules:
+            picks = [replay(pool, get_budget(rule), e) for e in eps]
+            rows += [{"calib": calib, "mode": mode, "rule": rule, "eps": e, "check_drop": p["check_drop"],
+                      "check_macs_saved_pct_network": p["check_macs_saved_pct_network"], "config": p["config"]}
+                     for e, p in zip(eps, picks, strict=True)]  # fmt: skip
+            small = [(e, p) for e, p in zip(eps, picks, strict=True) if e <= 1]
+            ok = sum(p["check_drop"] <= e + 0.25 + 1e-9 for e, p in small)
+            inside = [p["check_macs_saved_pct_network"] for p in picks if p["check_drop"] <= 1 + 1e-9]
+            body = " | ".join(f"{p['check_macs_saved_pct_network']:.2f} / {p['check_drop']:.2f}" for p in picks)
+            lines.append(f"| {rule} | {body} | {ok} of {len(small)} | {max(inside, default=0.0):.2f} |")
+    return "\n".join(lines), rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
@@ -110,6 +155,7 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
+    ap.add_argument("--rules", help="budget rules to replay on the pooled audits, e.g. net,flips,paired:0.9")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.collect:
@@ -123,8 +169,13 @@ def main() -> None:
                     for budget in args.budgets.split(","):
                         run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch)
     rows = collect(out)
-    write_json(out / "study.json", {"checkpoint": args.checkpoint, "rows": rows})
-    print(table(rows))
+    study = {"checkpoint": args.checkpoint, "rows": rows}
+    text = table(rows)
+    if args.rules:
+        replayed, study["replay"] = replay_table(out, args.rules.split(","), [float(e) for e in args.eps.split(",")])
+        text += "\n" + replayed
+    write_json(out / "study.json", study)
+    print(text)
 
 
 if __name__ == "__main__":

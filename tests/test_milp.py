@@ -2,12 +2,14 @@
 against each rule, and a search whose milp steps are exact records within the budget."""
 
 import itertools
+import json
 import sqlite3
 
 import numpy as np
 import pytest
 
 import crossneuron as cn
+from crossneuron.audit import replay
 from crossneuron.context import open_checkpoint
 from crossneuron.result import load_result, result_masks
 from crossneuron.runfolder import calibration, optimize
@@ -63,7 +65,8 @@ def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path, mode):
     ctx = open_checkpoint(ckpt)
     screen = mode != "uniform-layer"  # the demo's uniform-patch: screened first level, exact channel candidates
     options = SearchOptions(modes=[mode], screen=screen, **{**OPTIONS, "optimizer": "milp", "budget": "flips"})
-    optimize(ctx, options, tmp_path / "run", check=0)
+    audited = mode == "uniform-layer"  # the audit on one mode: it is mode-blind
+    optimize(ctx, options, tmp_path / "run", check=60 if audited else 0, audit=audited)
     db = sqlite3.connect(tmp_path / "run" / "records.sqlite")
     rows = db.execute("SELECT correct, macs_saved, mispredicted, lost, estimated, cut_short FROM evals "
                       "WHERE stage = 'milp'").fetchall()  # fmt: skip
@@ -84,7 +87,35 @@ def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path, mode):
         assert exact.lost == step["calib_lost"] and exact.accuracy == pytest.approx(step["calib_accuracy"])
         assert rule.within(exact, naive.base, eps)
         saved.append(exact.macs_saved)
+        if audited:  # the audit's row of the chosen step: measure's check drop, and the rule's replay picks it
+            audit = json.loads((tmp_path / "run" / mode / "audit.json").read_text())
+            row = next(r for r in audit["rows"] if data.chosen_step in r["steps"])
+            assert row["check_drop"] == pytest.approx(data.check_drop)
+            assert row["calib_lost"] == exact.lost and row["calib_correct"] == exact.correct
+            assert data.chosen_step in replay(audit, rule, eps)["steps"]
     assert saved == sorted(saved) and saved[-1] > 0
+    if audited:  # every audited configuration is a distinct trajectory step, none cut short
+        steps = [s for r in audit["rows"] for s in r["steps"]]
+        assert len(steps) == len(set(steps)) and len({r["config"] for r in audit["rows"]}) == len(audit["rows"])
+        assert all(not data.trajectory[s]["cut_short"] for s in steps)
+
+
+def test_replay_picks_what_each_rule_accepts_by_brute_force():
+    # calibration: 100 images, 90 right; check: 100 images, 80 right (hand-made rows)
+    rows = [{"config": "none", "steps": [0], "calib_correct": 90, "calib_lost": 0, "calib_macs_saved_pct_network": 0.0,
+             "check_correct": 80, "check_drop": 0.0, "check_macs_saved_pct_network": 0.0},
+            {"config": "a", "steps": [1], "calib_correct": 92, "calib_lost": 3, "calib_macs_saved_pct_network": 10.0,
+             "check_correct": 78, "check_drop": 2.0, "check_macs_saved_pct_network": 9.0},
+            {"config": "b", "steps": [2], "calib_correct": 90, "calib_lost": 1, "calib_macs_saved_pct_network": 5.0,
+             "check_correct": 80, "check_drop": 0.0, "check_macs_saved_pct_network": 5.5}]  # fmt: skip
+    audit = {"calib_images": 100, "calib_base_correct": 90, "check_images": 100, "check_base_correct": 80, "rows": rows}
+    assert replay(audit, get_budget("net"), 0.0)["config"] == "a"  # net: -2 points, within 0
+    assert replay(audit, get_budget("flips"), 0.0)["config"] == "none"  # flips: 3 and 1 lost
+    assert replay(audit, get_budget("flips"), 1.0)["config"] == "b"
+    assert replay(audit, get_budget("flips"), 3.0)["config"] == "a"
+    # paired at 0.9 on "a": -2 + 1.2816 sqrt(3 + 5 - 4 / 100) = 1.62 points; on "b" 0 + 1.2816 sqrt(2) = 1.81
+    paired = get_budget("paired:0.9")
+    assert replay(audit, paired, 1.7)["config"] == "a" and replay(audit, paired, 1.6)["config"] == "none"
 
 
 @pytest.mark.parametrize("args,says", [(["--optimizer", "nosuch"], "unknown --optimizer"),

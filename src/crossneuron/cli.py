@@ -286,6 +286,8 @@ def optimize(
     eps: Annotated[str, typer.Option(help="accuracy budgets in points, comma separated")] = "0,0.5,1,3",
     calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,
     check: Annotated[int, typer.Option(help="check images: held out of val, never searched on (SPEC 5)")] = 1000,
+    audit: Annotated[bool, typer.Option(help="also measure every trajectory step on the check images "
+                                        "(MODE/audit.json: compare budget rules on unseen images)")] = False,
     budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "flips",
     reuse: Annotated[
         list[str] | None,
@@ -391,7 +393,7 @@ def optimize(
                 tasks[stage] = bar.add_task(stage, total=total, best=best)
             bar.update(tasks[stage], completed=done, total=total, best=best)
 
-        summary = opt.optimize(ctx, options, out, engine, progress, check, reuse or [], on_ray)
+        summary = opt.optimize(ctx, options, out, engine, progress, check, reuse or [], on_ray, audit)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

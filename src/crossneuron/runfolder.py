@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .audit import audit_rows
 from .context import Context
 from .errors import CrossneuronError
 from .evaluate import measure
@@ -113,12 +114,13 @@ REUSE_SAME = ("weights_hash", "val_hash", "calib_hash", "options.patch_size", "o
 
 def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None,
              check: int = DEFAULT_CHECK, reuse: list[str | Path] = (),
-             backend: RayBackend | None = None) -> dict:  # fmt: skip
+             backend: RayBackend | None = None, audit: bool = False) -> dict:  # fmt: skip
     """Run the search and write its results; returns the summary (also in summary.json). ``check``: how many
     check images (SPEC 5) every result is also measured on (fewer where the calibration leaves fewer).
     ``reuse``: run folders (or their records.sqlite) on the same weights, calibration images, patch size,
     GT and batch size, whose exact records this search takes instead of evaluating the same masks again.
-    ``backend``: evaluate on Ray workers (``search.ray_engine``) instead of in this process."""
+    ``backend``: evaluate on Ray workers (``search.ray_engine``) instead of in this process. ``audit``: also
+    measure every configuration of each trajectory on the check images (``audit.py``, ``<mode>/audit.json``)."""
     options.check(len(ctx.split.val))
     if isinstance(check, bool) or not isinstance(check, int) or check < 0:
         raise CrossneuronError(f"--check must be a number of images >= 0, got {check!r}")
@@ -187,6 +189,10 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
                     info["screen"] = result.screen
                 for eps in options.eps:
                     info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
+                if audit and len(y_check):
+                    rows = audit_rows(result, base, search.space, test_net, ctx.spec, x_check, y_check,
+                                      options.batch_size, ctx.device)  # fmt: skip
+                    write_json(out / result.mode / "audit.json", rows)
                 if baseline is not None:  # our saving at the diagonal baseline's accuracy (its calibration drop)
                     info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
             summary["seconds"] = time.perf_counter() - t0

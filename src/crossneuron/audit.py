@@ -1,0 +1,73 @@
+"""The trajectory audit (``optimize(audit=True)``, ``--audit``): every configuration a search evaluated
+exactly, measured again on the check images (SPEC 5), so that budget rules can be compared on the
+images the search never saw.
+
+A search picks, per epsilon, the trajectory step with the most MACs saved that its budget rule accepts
+on the calibration images. With each step's check accuracy beside its calibration record, any other
+rule's pick among the same steps (``replay``) can be read off without searching again: how far its
+check drop strays above epsilon, and what it saves. The audit never feeds back into the search; the
+check images stay unseen by every choice the search makes. Written to ``<mode>/audit.json``.
+"""
+
+from __future__ import annotations
+
+from .evaluate import correct_count
+from .macs import pct
+from .search.budget import Budget
+from .search.evaluator import config_hash
+from .search.quantize import Step, pick
+from .search.records import EvalResult
+from .search.run import ModeResult
+
+
+def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch_size: int = 500,
+               device="cpu") -> dict:  # fmt: skip
+    """Each distinct configuration of ``mode``'s trajectory (steps cut short left out: no rule can pick
+    them) with its calibration record and its accuracy and MACs saved on (x, y), the check images."""
+    net = net.to(device).eval()
+    for site in net.sites:
+        net.enable(site, False)
+    base_check = correct_count(net, x, y, spec, batch_size, device)
+    rows: dict[str, dict] = {}
+    for t in mode.trajectory:
+        if t.result.cut_short:
+            continue
+        plans = mode.plans_by_step[t.step]
+        key = config_hash(plans)
+        if key in rows:
+            rows[key]["steps"].append(t.step)
+            continue
+        for site in net.sites:
+            net.set_mask(site, space.mask(site.index, plans.get(site.index, ())))
+            net.enable(site, True)
+        net.reset_stats()
+        hits = correct_count(net, x, y, spec, batch_size, device)
+        r = t.result
+        rows[key] = {"config": key, "steps": [t.step], "stage": t.stage, "calib_correct": r.correct,
+                     "calib_lost": r.lost,
+                     "calib_macs_saved_pct_network": pct(r.macs_saved, r.images, net.network_macs),
+                     "check_correct": hits, "check_drop": 100.0 * (base_check - hits) / len(y),
+                     "check_macs_saved_pct_network": net.stats().macs_saved_pct_network}  # fmt: skip
+    for site in net.sites:
+        net.enable(site, False)
+    return {"mode": mode.mode, "calib_images": base.images, "calib_base_correct": base.correct,
+            "check_images": len(y), "check_base_correct": base_check, "rows": list(rows.values())}  # fmt: skip
+
+
+def replay(audit: dict, budget: Budget, eps: float) -> dict:
+    """The row ``budget`` would pick at ``eps`` among the audited configurations (as ``quantize.pick``
+    does: the most MACs saved on the calibration images, ties to more correct, then earlier)."""
+    images = audit["calib_images"]
+    base = EvalResult(audit["calib_base_correct"], images, 0, 0, lost=0)
+    steps = []
+    for i, row in enumerate(audit["rows"]):
+        macs = round(row["calib_macs_saved_pct_network"] * 1e6)  # an order-preserving integer of the saving
+        steps.append(Step(i, None, (), EvalResult(row["calib_correct"], images, macs, 0, lost=row["calib_lost"])))
+    ok = [t for t in steps if budget.within(t.result, base, eps)]
+    if not ok:  # the trajectory's no-prediction step is within any eps; a pool without it may have none
+        return {"config": None, "calib_correct": base.correct, "calib_lost": 0, "calib_macs_saved_pct_network": 0.0,
+                "check_correct": audit["check_base_correct"], "check_drop": 0.0, "check_macs_saved_pct_network": 0.0}
+    return audit["rows"][pick(steps, base, eps, budget).step]
+
+
+__all__ = ["audit_rows", "replay"]
