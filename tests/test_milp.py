@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import crossneuron as cn
-from crossneuron.audit import replay
+from crossneuron.audit import replay, unbits
 from crossneuron.context import open_checkpoint
 from crossneuron.result import load_result, result_masks
 from crossneuron.runfolder import calibration, optimize
@@ -92,6 +92,9 @@ def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path, mode):
             row = next(r for r in audit["rows"] if data.chosen_step in r["steps"])
             assert row["check_drop"] == pytest.approx(data.check_drop)
             assert row["calib_lost"] == exact.lost and row["calib_correct"] == exact.correct
+            right, base_right = unbits(row["check_right"], 60), unbits(audit["check_base_right"], 60)
+            assert right.sum() == row["check_correct"] and (base_right & ~right).sum() == row["check_lost"]
+            assert 100 * (base_right.sum() - right.sum()) / 60 == pytest.approx(data.check_drop)
             assert data.chosen_step in replay(audit, rule, eps)["steps"]
     assert saved == sorted(saved) and saved[-1] > 0
     if audited:  # every audited configuration is a distinct trajectory step, none cut short

@@ -11,23 +11,48 @@ check images stay unseen by every choice the search makes. Written to ``<mode>/a
 
 from __future__ import annotations
 
-from .evaluate import correct_count
+import numpy as np
+import torch
+
 from .macs import pct
+from .precision import full_fp32
 from .search.budget import Budget
 from .search.evaluator import config_hash
 from .search.quantize import Step, pick
 from .search.records import EvalResult
 from .search.run import ModeResult
+from .splits import batches
+
+
+@full_fp32()
+@torch.inference_mode()
+def right_images(model, x, y, spec, batch_size: int = 500, device="cpu") -> np.ndarray:
+    """Per image of (x, y): whether the top-1 prediction is right (bool array)."""
+    model.eval()
+    return np.concatenate([(model(xb).argmax(1) == yb).cpu().numpy() for xb, yb in batches(x, y, spec, batch_size,
+                                                                                             device)])  # fmt: skip
+
+
+def bits(right: np.ndarray) -> str:
+    """A bool array as hex of its packed bits (``unbits`` reads it back)."""
+    return np.packbits(right).tobytes().hex()
+
+
+def unbits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch_size: int = 500,
                device="cpu") -> dict:  # fmt: skip
     """Each distinct configuration of ``mode``'s trajectory (steps cut short left out: no rule can pick
-    them) with its calibration record and its accuracy and MACs saved on (x, y), the check images."""
+    them) with its calibration record and, on (x, y), the check images: its accuracy, the images it loses
+    and MACs saved, and which images it gets right (``check_right``, hex bits; ``unbits``), so that any
+    later analysis (halves of the check images, a bootstrap) needs no model."""
     net = net.to(device).eval()
     for site in net.sites:
         net.enable(site, False)
-    base_check = correct_count(net, x, y, spec, batch_size, device)
+    base_right = right_images(net, x, y, spec, batch_size, device)
+    base_check = int(base_right.sum())
     rows: dict[str, dict] = {}
     for t in mode.trajectory:
         if t.result.cut_short:
@@ -41,17 +66,20 @@ def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch
             net.set_mask(site, space.mask(site.index, plans.get(site.index, ())))
             net.enable(site, True)
         net.reset_stats()
-        hits = correct_count(net, x, y, spec, batch_size, device)
+        right = right_images(net, x, y, spec, batch_size, device)
+        hits = int(right.sum())
         r = t.result
         rows[key] = {"config": key, "steps": [t.step], "stage": t.stage, "calib_correct": r.correct,
                      "calib_lost": r.lost,
                      "calib_macs_saved_pct_network": pct(r.macs_saved, r.images, net.network_macs),
                      "check_correct": hits, "check_drop": 100.0 * (base_check - hits) / len(y),
+                     "check_lost": int((base_right & ~right).sum()), "check_right": bits(right),
                      "check_macs_saved_pct_network": net.stats().macs_saved_pct_network}  # fmt: skip
     for site in net.sites:
         net.enable(site, False)
     return {"mode": mode.mode, "calib_images": base.images, "calib_base_correct": base.correct,
-            "check_images": len(y), "check_base_correct": base_check, "rows": list(rows.values())}  # fmt: skip
+            "check_images": len(y), "check_base_correct": base_check, "check_base_right": bits(base_right),
+            "rows": list(rows.values())}  # fmt: skip
 
 
 def replay(audit: dict, budget: Budget, eps: float) -> dict:
@@ -70,4 +98,4 @@ def replay(audit: dict, budget: Budget, eps: float) -> dict:
     return audit["rows"][pick(steps, base, eps, budget).step]
 
 
-__all__ = ["audit_rows", "replay"]
+__all__ = ["audit_rows", "bits", "replay", "right_images", "unbits"]
