@@ -37,9 +37,9 @@ from crossneuron.search.budget import get_budget
 from crossneuron.search.options import SearchOptions
 
 
-def cell_folder(out: Path, mode: str, calib: int, budget: str, optimizer: str = "layer") -> Path:
+def cell_folder(out: Path, mode: str, calib: int, budget: str, optimizer: str = "layer", verify: int = 0) -> Path:
     kind = "" if optimizer == "layer" else f"-{optimizer}"
-    return out / f"{mode}{kind}-c{calib}-{budget.replace(':', '')}"
+    return out / f"{mode}{kind}-c{calib}-{budget.replace(':', '')}{f'-v{verify}' if verify else ''}"
 
 
 def run_cell(
@@ -51,14 +51,16 @@ def run_cell(
     eps: list[float],
     optimizer: str = "layer",
     patch: dict | None = None,
+    verify: int = 0,
 ) -> dict:
-    """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone."""
-    folder = cell_folder(out, mode, calib, budget, optimizer)
+    """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone; ``verify``
+    images (``--verify``) that the chosen masks must keep the budget on too."""
+    folder = cell_folder(out, mode, calib, budget, optimizer, verify)
     if (folder / "summary.json").is_file():
         return json.loads((folder / "summary.json").read_text())
     options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=optimizer == "layer",
                             screen=mode != "uniform-layer", optimizer=optimizer, milp_seconds=20.0,
-                            **(patch or {}))  # fmt: skip
+                            verify=verify, **(patch or {}))  # fmt: skip
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
@@ -74,9 +76,12 @@ def collect(out: Path) -> list[dict]:
         for mode, info in s["modes"].items():
             for e, r in info["eps"].items():
                 optimizer = "milp" if "-milp-" in summary_path.parent.name else "layer+refine"
+                verify = s.get("verify_images", 0)
                 rows.append({"cell": summary_path.parent.name, "mode": mode, "optimizer": optimizer,
+                             "verify": verify, "verify_drop": r.get("verify_drop"),
                              "calib": s["calib_images"],
-                             "budget": s.get("budget", "net"), "eps": float(e), "calib_drop": r["calib_drop"],
+                             "budget": s.get("budget", "net") + (f" +verify {verify}" if verify else ""),
+                             "eps": float(e), "calib_drop": r["calib_drop"],
                              "check_drop": r["check_drop"], "test_drop": r["test_drop"],
                              "macs_saved_pct_network": r["macs_saved_pct_network"],
                              "oracle_pct_network": r["oracle_pct_network"], "seconds": info["seconds"]})  # fmt: skip
@@ -155,6 +160,7 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
+    ap.add_argument("--verify", default="0", help="verify images per cell, comma separated (0: none)")
     ap.add_argument("--rules", help="budget rules to replay on the pooled audits, e.g. net,flips,paired:0.9")
     args = ap.parse_args()
     out = Path(args.out)
@@ -166,8 +172,9 @@ def main() -> None:
         for calib in (int(c) for c in args.calib.split(",")):
             for mode in args.modes.split(","):
                 for optimizer in args.optimizers.split(","):
-                    for budget in args.budgets.split(","):
-                        run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch)
+                    for verify in (int(v) for v in args.verify.split(",")):
+                        for budget in args.budgets.split(","):
+                            run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch, verify)
     rows = collect(out)
     study = {"checkpoint": args.checkpoint, "rows": rows}
     text = table(rows)

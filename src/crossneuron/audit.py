@@ -42,44 +42,70 @@ def unbits(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
-def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch_size: int = 500,
-               device="cpu") -> dict:  # fmt: skip
-    """Each distinct configuration of ``mode``'s trajectory (steps cut short left out: no rule can pick
-    them) with its calibration record and, on (x, y), the check images: its accuracy, the images it loses
-    and MACs saved, and which images it gets right (``check_right``, hex bits; ``unbits``), so that any
-    later analysis (halves of the check images, a bootstrap) needs no model."""
+def outcomes(mode: ModeResult, space, net, spec, x, y, batch_size: int = 500, device="cpu"):
+    """Which images of (x, y) each distinct configuration of ``mode``'s trajectory gets right (steps cut
+    short left out: no rule can pick them): the base's bool array, and per config hash its steps, bool
+    array and MACs saved (% of network, on these images), in trajectory order."""
     net = net.to(device).eval()
     for site in net.sites:
         net.enable(site, False)
     base_right = right_images(net, x, y, spec, batch_size, device)
-    base_check = int(base_right.sum())
-    rows: dict[str, dict] = {}
+    seen: dict[str, dict] = {}
     for t in mode.trajectory:
         if t.result.cut_short:
             continue
         plans = mode.plans_by_step[t.step]
         key = config_hash(plans)
-        if key in rows:
-            rows[key]["steps"].append(t.step)
+        if key in seen:
+            seen[key]["steps"].append(t.step)
             continue
         for site in net.sites:
             net.set_mask(site, space.mask(site.index, plans.get(site.index, ())))
             net.enable(site, True)
         net.reset_stats()
         right = right_images(net, x, y, spec, batch_size, device)
-        hits = int(right.sum())
-        r = t.result
-        rows[key] = {"config": key, "steps": [t.step], "stage": t.stage, "calib_correct": r.correct,
-                     "calib_lost": r.lost,
-                     "calib_macs_saved_pct_network": pct(r.macs_saved, r.images, net.network_macs),
-                     "check_correct": hits, "check_drop": 100.0 * (base_check - hits) / len(y),
-                     "check_lost": int((base_right & ~right).sum()), "check_right": bits(right),
-                     "check_macs_saved_pct_network": net.stats().macs_saved_pct_network}  # fmt: skip
+        seen[key] = {"steps": [t.step], "result": t.result, "stage": t.stage, "right": right,
+                     "saved": net.stats().macs_saved_pct_network}  # fmt: skip
     for site in net.sites:
         net.enable(site, False)
+    return base_right, seen
+
+
+def held_records(mode: ModeResult, space, net, spec, x, y, batch_size: int = 500,
+                 device="cpu") -> tuple[EvalResult, dict[int, EvalResult]]:  # fmt: skip
+    """``--verify``: the base's record and each trajectory step's record (correct, lost) on the verify
+    images (x, y), for ``quantize.pick`` to accept a step on them too. MACs saved stay the calibration
+    records' (the pick's order)."""
+    base_right, seen = outcomes(mode, space, net, spec, x, y, batch_size, device)
+    records = {}
+    for entry in seen.values():
+        right = entry["right"]
+        r = EvalResult(int(right.sum()), len(y), entry["result"].macs_saved, 0, lost=int((base_right & ~right).sum()))
+        records.update(dict.fromkeys(entry["steps"], r))
+    return EvalResult(int(base_right.sum()), len(y), 0, 0, lost=0), records
+
+
+def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch_size: int = 500,
+               device="cpu") -> dict:  # fmt: skip
+    """Each distinct configuration of ``mode``'s trajectory (``outcomes``) with its calibration record
+    and, on (x, y), the check images: its accuracy, the images it loses and MACs saved, and which images
+    it gets right (``check_right``, hex bits; ``unbits``), so that any later analysis (halves of the
+    check images, a bootstrap) needs no model."""
+    base_right, seen = outcomes(mode, space, net, spec, x, y, batch_size, device)
+    base_check = int(base_right.sum())
+    rows = []
+    for key, entry in seen.items():
+        r, right = entry["result"], entry["right"]
+        hits = int(right.sum())
+        rows.append({"config": key, "steps": entry["steps"], "stage": entry["stage"], "calib_correct": r.correct,
+                     "calib_lost": r.lost, "calib_macs_saved_pct_network": pct(r.macs_saved, r.images,
+                                                                               net.network_macs),
+                     "check_correct": hits, "check_drop": 100.0 * (base_check - hits) / len(y),
+                     "check_lost": int((base_right & ~right).sum()), "check_right": bits(right),
+                     "check_macs_saved_pct_network": entry["saved"]})  # fmt: skip
     return {"mode": mode.mode, "calib_images": base.images, "calib_base_correct": base.correct,
             "check_images": len(y), "check_base_correct": base_check, "check_base_right": bits(base_right),
-            "rows": list(rows.values())}  # fmt: skip
+            "rows": rows}  # fmt: skip
 
 
 def replay(audit: dict, budget: Budget, eps: float) -> dict:
@@ -98,4 +124,4 @@ def replay(audit: dict, budget: Budget, eps: float) -> dict:
     return audit["rows"][pick(steps, base, eps, budget).step]
 
 
-__all__ = ["audit_rows", "bits", "replay", "right_images", "unbits"]
+__all__ = ["audit_rows", "bits", "held_records", "outcomes", "replay", "right_images", "unbits"]

@@ -61,11 +61,15 @@ class Result:
     chosen_step: int | None = None
     trajectory: list[dict] = field(default_factory=list)  # empty after retraining
     retrained_from: str | None = None  # the source checkpoint of a retrained result (else omitted)
+    # --verify (0.10): the chosen step on the verify images (images, hash, accuracy, base_accuracy, drop,
+    # lost; ``verify_json``); omitted without them
+    verify: dict | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
-        if data["retrained_from"] is None:
-            del data["retrained_from"]
+        for key in ("retrained_from", "verify"):
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
@@ -190,6 +194,13 @@ def export_masks(path: str | Path, net: PredictiveNet, masks: dict[int, torch.Te
         for s in net.sites
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def verify_json(held: tuple[EvalResult, dict[int, EvalResult]], step: int, images_hash: str) -> dict:
+    """The chosen ``step``'s numbers on the verify images (``held``: ``audit.held_records``)."""
+    base, r = held[0], held[1][step]
+    return {"images": r.images, "hash": images_hash, "accuracy": r.accuracy, "base_accuracy": base.accuracy,
+            "drop": base.accuracy - r.accuracy, "lost": r.lost}  # fmt: skip
 
 
 def trajectory_json(net: PredictiveNet, units: list[list[int]], trajectory, base: EvalResult) -> list[dict]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audit import audit_rows
+from .audit import audit_rows, held_records
 from .context import Context
 from .errors import CrossneuronError
 from .evaluate import measure
@@ -22,7 +22,7 @@ from .fsutil import folder_lock, output_folder, write_json
 from .macs import pct
 from .net import attach
 from .patterns import diagonal
-from .result import Result, export_masks, masks_json, trajectory_json, write_result
+from .result import Result, export_masks, masks_json, trajectory_json, verify_json, write_result
 from .search.batched import BatchedEngine
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
@@ -68,6 +68,14 @@ def check_images(ctx: Context, calib: int, seed: int, size: int = DEFAULT_CHECK)
     """SPEC 5's check images for a calibration draw (``calib``, ``seed``): images, labels and hash."""
     x, y = ctx.data("val")
     idx = torch.from_numpy(check_positions(len(y), calib, seed, size))
+    return x[idx], y[idx], indices_hash(ctx.split.val[idx])
+
+
+def verify_images(ctx: Context, calib: int, size: int, seed: int):
+    """``--verify``: the ``size`` val images right after the calibration images in the seeded order (never
+    calibration or check images): images, labels and hash."""
+    x, y = ctx.data("val")
+    idx = torch.from_numpy(np.sort(_val_order(len(y), seed)[calib : calib + size]))
     return x[idx], y[idx], indices_hash(ctx.split.val[idx])
 
 
@@ -144,18 +152,23 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             search = Search(net, engine, store, options, progress)
             base = search.base
             x_test, y_test = ctx.data("test")
-            x_check, y_check, check_hash = check_images(ctx, options.calib, options.seed, check)
+            # the check images leave room for the verify images (SPEC 5: the back of the same order)
+            x_check, y_check, check_hash = check_images(ctx, options.calib + options.verify, options.seed, check)
+            x_verify, y_verify, verify_hash = verify_images(ctx, options.calib, options.verify, options.seed) \
+                if options.verify else (None, None, None)  # fmt: skip
             test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
             baseline = None
             if search.baseline is not None:
                 baseline = diagonal_baseline(search, ctx, options, test_net, (x_test, y_test), (x_check, y_check))
                 write_json(out / "baseline.json", baseline)
             summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "check_images": len(y_check),
-                       "budget": options.budget, "baseline": baseline, "modes": {}}  # fmt: skip
+                       "verify_images": options.verify, "budget": options.budget, "baseline": baseline,
+                       "modes": {}}  # fmt: skip
 
-            def choose(mode: ModeResult, eps: float, folder: Path) -> dict:
-                """The trajectory's best configuration within ``eps``, measured on the test split and written."""
-                step, plans = mode.best(base, eps)
+            def choose(mode: ModeResult, eps: float, folder: Path, verified=None) -> dict:
+                """The trajectory's best configuration within ``eps`` (on the verify images too where
+                ``verified``), measured on the test split and written."""
+                step, plans = mode.best(base, eps, verified)
                 masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
                 test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
                 held = measure(test_net, ctx.spec, x_check, y_check, masks, options.batch_size, ctx.device) \
@@ -175,26 +188,31 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
                     oracle_pct_network=test.oracle_pct_network, oracle_pct_sites=test.oracle_pct_sites,
                     mispredicted_rate=test.mispredicted_rate, test_images=test.images, per_site=list(test.per_site),
                     chosen_step=step.step, trajectory=trajectory_json(net, mode.units, mode.trajectory, base),
+                    verify=None if verified is None else verify_json(verified, step.step, verify_hash),
                 )  # fmt: skip
                 write_result(folder / "result.json", result)
                 export_masks(folder / "masks.safetensors", net, masks)
                 keys = ("eps", "calib_accuracy", "calib_drop", "calib_macs_saved_pct_network", "check_drop",
                         "test_accuracy", "test_drop", "macs_saved_pct_network", "macs_saved_pct_sites",
                         "oracle_pct_network")  # fmt: skip
-                return {k: getattr(result, k) for k in keys}
+                return {k: getattr(result, k) for k in keys} | ({} if verified is None else
+                                                                {"verify_drop": result.verify["drop"]})
 
             for result in search.run():
                 info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
                 if result.screen is not None:
                     info["screen"] = result.screen
+                verified = held_records(result, search.space, test_net, ctx.spec, x_verify, y_verify,
+                                        options.batch_size, ctx.device) if options.verify else None  # fmt: skip
                 for eps in options.eps:
-                    info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}")
+                    info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}", verified)
                 if audit and len(y_check):
                     rows = audit_rows(result, base, search.space, test_net, ctx.spec, x_check, y_check,
                                       options.batch_size, ctx.device)  # fmt: skip
                     write_json(out / result.mode / "audit.json", rows)
                 if baseline is not None:  # our saving at the diagonal baseline's accuracy (its calibration drop)
-                    info["at_baseline"] = choose(result, search.baseline_drop, out / result.mode / "at-baseline")
+                    at = out / result.mode / "at-baseline"
+                    info["at_baseline"] = choose(result, search.baseline_drop, at, verified)
             summary["seconds"] = time.perf_counter() - t0
             summary["evaluations"] = store.count()
             write_json(out / "summary.json", summary)
@@ -205,4 +223,4 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             engine.close()
 
 
-__all__ = ["MODES", "calibration", "check_images", "make_engine", "optimize"]
+__all__ = ["MODES", "calibration", "check_images", "make_engine", "optimize", "verify_images"]

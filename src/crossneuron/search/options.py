@@ -41,6 +41,7 @@ class SearchOptions:
     optimizer: str = "milp"  # after the quantizers: layer (SPEC 6's layer quantizer), milp, or both; 0.6: milp
     milp_rounds: int = 6  # milp: exact verifications (and re-solves) per epsilon at most
     milp_seconds: float = 20.0  # milp: the solver's time limit per solve (the budget study's setting)
+    verify: int = 0  # val images after the calibration images on which pick also asks the budget (0: none)
 
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
@@ -74,6 +75,10 @@ class SearchOptions:
         if self.milp_rounds < 1 or not (math.isfinite(self.milp_seconds) and self.milp_seconds > 0):
             raise CrossneuronError(f"--milp-rounds must be >= 1 and --milp-seconds > 0, got {self.milp_rounds} and "
                                    f"{self.milp_seconds}")  # fmt: skip
+        if isinstance(self.verify, bool) or not isinstance(self.verify, int) or self.verify < 0 \
+                or (val_size is not None and self.calib + self.verify > val_size):  # fmt: skip
+            fits = f" (with the {self.calib} calibration images, at most {val_size} in all)" if val_size else ""
+            raise CrossneuronError(f"--verify must be a number of val images >= 0{fits}, got {self.verify!r}")
         if self.baseline is not None and self.baseline not in BASELINES:
             raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
 
@@ -88,4 +93,6 @@ class SearchOptions:
     def identity(self) -> dict:
         d = asdict(self)
         d["ones"] = list(self.ones) if self.ones else None
+        if not self.verify:  # added in 0.10: run folders without it keep their identity (and resume)
+            del d["verify"]
         return d

@@ -139,11 +139,15 @@ def layer_quantize(
         trajectory.append(snapshot(len(trajectory), best))
 
 
-def pick(trajectory: Sequence[Step], base: EvalResult, eps: float, budget: Budget = NET) -> Step:
+def pick(trajectory: Sequence[Step], base: EvalResult, eps: float, budget: Budget = NET,
+         held: tuple[EvalResult, dict[int, EvalResult]] | None = None) -> Step:  # fmt: skip
     """The evaluated configuration with the most MACs saved within ``eps`` by ``budget`` (ties: higher
     accuracy, then earlier). The final all-none step is always within any eps >= 0. Steps cut short
-    carry only an upper bound of their accuracy and are never picked."""
-    ok = [t for t in trajectory if not t.result.cut_short and budget.within(t.result, base, eps)]
+    carry only an upper bound of their accuracy and are never picked. ``held`` (``--verify``: the base's
+    and each step's record on images the search never evaluated, ``audit.held_records``): a step must be
+    within ``eps`` on them too."""
+    ok = [t for t in trajectory if not t.result.cut_short and budget.within(t.result, base, eps)
+          and (held is None or budget.within(held[1][t.step], held[0], eps))]  # fmt: skip
     return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))
 
 

@@ -72,8 +72,9 @@ class ModeResult:
 
     budget: Budget = NET  # the rule the search judged "within" by
 
-    def best(self, base: EvalResult, eps: float) -> tuple[Step, dict[int, SitePlan]]:
-        step = pick(self.trajectory, base, eps, self.budget)
+    def best(self, base: EvalResult, eps: float, held=None) -> tuple[Step, dict[int, SitePlan]]:
+        """``pick``'s step and plans (``held``: records on the verify images, ``audit.held_records``)."""
+        step = pick(self.trajectory, base, eps, self.budget, held)
         return step, self.plans_by_step[step.step]
 
 

@@ -1,0 +1,81 @@
+"""``--verify``: the chosen masks keep the budget on val images the search never evaluated too."""
+
+import numpy as np
+import pytest
+
+import crossneuron as cn
+from crossneuron.context import open_checkpoint
+from crossneuron.errors import CrossneuronError
+from crossneuron.result import load_result, result_masks
+from crossneuron.runfolder import _val_order, calibration, check_images, optimize, verify_images
+from crossneuron.search.budget import get_budget
+from crossneuron.search.engine import NaiveEngine
+from crossneuron.search.options import SearchOptions
+from crossneuron.search.quantize import Step, pick
+from crossneuron.search.records import EvalResult
+from crossneuron.splits import normalise
+
+from conftest import OPTIONS
+
+
+def test_pick_asks_the_rule_on_the_held_records_too():
+    base = EvalResult(90, 100, 0, 0, lost=0)
+    steps = [Step(0, None, (), EvalResult(90, 100, 0, 0, lost=0)),
+             Step(1, None, (), EvalResult(90, 100, 50, 0, lost=0)),
+             Step(2, None, (), EvalResult(89, 100, 30, 0, lost=1))]  # fmt: skip
+    rule = get_budget("flips")
+    assert pick(steps, base, 1.0, rule).step == 1
+    held_base = EvalResult(80, 100, 0, 0, lost=0)
+    held = (held_base, {0: held_base, 1: EvalResult(78, 100, 50, 0, lost=2), 2: EvalResult(80, 100, 30, 0, lost=1)})
+    assert pick(steps, base, 1.0, rule, held).step == 2  # step 1 loses 2 of the held images: over 1 point
+    assert pick(steps, base, 0.0, rule, held).step == 0
+
+
+def test_verify_images_sit_between_calibration_and_check(ckpt):
+    ctx = open_checkpoint(ckpt)
+    n = len(ctx.split.val)
+    order = _val_order(n, 3)
+    *_, h = verify_images(ctx, 20, 30, 3)
+    assert h == verify_images(ctx, 20, 30, 3)[2] != verify_images(ctx, 20, 30, 4)[2]  # stable by seed
+    calib = set(order[:20].tolist())
+    verify = set(order[20:50].tolist())
+    check = set(order[n - 40 :].tolist())
+    assert len(verify) == 30 and not verify & calib and not verify & check
+    xv, yv, _ = verify_images(ctx, 20, 30, 3)
+    x, y = ctx.data("val")
+    assert np.array_equal(yv.numpy(), y[np.sort(list(verify))].numpy())
+    assert check_images(ctx, 50, 3, 40)[2] == check_images(ctx, 20, 3, 40)[2]  # the same check images
+    assert calibration(ctx, 20, 3)[1].shape == (20,)
+
+
+def test_a_verified_search_keeps_the_budget_on_the_verify_images(ckpt, tmp_path):
+    ctx = open_checkpoint(ckpt)
+    verify = 60
+    common = {**OPTIONS, "optimizer": "milp", "budget": "flips"}
+    optimize(ctx, SearchOptions(modes=["uniform-layer"], **common), tmp_path / "plain", check=40)
+    options = SearchOptions(modes=["uniform-layer"], verify=verify, **common)
+    optimize(ctx, options, tmp_path / "verified", check=40, reuse=[tmp_path / "plain"])
+    xv, yv, h = verify_images(ctx, OPTIONS["calib"], verify, 0)
+    naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), normalise(xv, ctx.spec), yv, 50)
+    rule = get_budget("flips")
+    for eps in OPTIONS["eps"]:
+        plain = load_result(tmp_path / "plain" / "uniform-layer" / f"eps-{eps:g}" / "result.json")
+        data = load_result(tmp_path / "verified" / "uniform-layer" / f"eps-{eps:g}" / "result.json")
+        masks = {k: m for k, m in result_masks(naive.net, data).items() if m is not None}
+        exact = naive.evaluate(masks)  # the chosen masks on the verify images, by the naive engine
+        assert rule.within(exact, naive.base, eps)
+        assert data.verify["hash"] == h and data.verify["images"] == verify and data.verify["lost"] == exact.lost
+        assert data.verify["drop"] == pytest.approx(100 * (naive.base.correct - exact.correct) / verify)
+        # the same trajectory (records reused): verification only takes candidates away
+        assert [t["calib_accuracy"] for t in data.trajectory] == [t["calib_accuracy"] for t in plain.trajectory]
+        assert data.calib_macs_saved_pct_network <= plain.calib_macs_saved_pct_network
+        assert data.check_images == plain.check_images == 40 and data.check_hash == plain.check_hash
+    assert "verify" not in plain.to_json()
+
+
+def test_verify_that_does_not_fit_is_one_clear_error(ckpt):
+    ctx = open_checkpoint(ckpt)
+    n = len(ctx.split.val)
+    for bad in (-1, n, True):
+        with pytest.raises(CrossneuronError, match="--verify"):
+            SearchOptions(calib=OPTIONS["calib"], verify=bad).check(n)
