@@ -48,13 +48,18 @@ def test_verify_images_sit_between_calibration_and_check(ckpt):
     assert calibration(ctx, 20, 3)[1].shape == (20,)
 
 
-def test_a_verified_search_keeps_the_budget_on_the_verify_images(ckpt, tmp_path):
+def test_a_verified_search_keeps_the_budget_on_the_verify_images(ckpt, cli, tmp_path):
     ctx = open_checkpoint(ckpt)
     verify = 60
     common = {**OPTIONS, "optimizer": "milp", "budget": "flips"}
     optimize(ctx, SearchOptions(modes=["uniform-layer"], **common), tmp_path / "plain", check=40)
-    options = SearchOptions(modes=["uniform-layer"], verify=verify, **common)
-    optimize(ctx, options, tmp_path / "verified", check=40, reuse=[tmp_path / "plain"])
+    # the same options on the command line, with verification (conftest.OPTIONS spelled out)
+    code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "verified", "--reuse",
+                         tmp_path / "plain", "--verify", verify, "--check", "40", "--calib", OPTIONS["calib"],
+                         "--ones", "1-1", "--gt", OPTIONS["gt"], "--eps", ",".join(f"{e:g}" for e in OPTIONS["eps"]),
+                         "--batch-size", OPTIONS["batch_size"], "--budget", "flips", "--optimizer", "milp")  # fmt: skip
+    assert code == 0, err
+    assert f"{verify} verify" in out and "verify drop" in out
     xv, yv, h = verify_images(ctx, OPTIONS["calib"], verify, 0)
     naive = NaiveEngine(cn.attach(ctx.model, ctx.spec.input_shape, 2), normalise(xv, ctx.spec), yv, 50)
     rule = get_budget("flips")
@@ -79,3 +84,10 @@ def test_verify_that_does_not_fit_is_one_clear_error(ckpt):
     for bad in (-1, n, True):
         with pytest.raises(CrossneuronError, match="--verify"):
             SearchOptions(calib=OPTIONS["calib"], verify=bad).check(n)
+
+
+
+def test_bad_verify_on_the_command_line_is_one_clear_line(ckpt, cli, tmp_path):
+    code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "bad", "--calib", 100, "--verify", -3)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--verify" in lines[0] and not (tmp_path / "bad").exists()

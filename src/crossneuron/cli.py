@@ -399,15 +399,18 @@ def optimize(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
+    verified = summary.get("verify_images", 0)
     table = Table(title=f"MACs saved on the test split (budget {summary['budget']}; {summary['calib_images']} "
-                        f"calibration, {summary['check_images']} check images from val)")  # fmt: skip
-    for col in ("mode", "eps", "calib drop", "check drop", "test acc", "test drop", "% network", "% sites",
-                "oracle % net"):  # fmt: skip
+                        f"calibration, {f'{verified} verify, ' if verified else ''}{summary['check_images']} check "
+                        "images from val)")  # fmt: skip
+    for col in ("mode", "eps", "calib drop", *(("verify drop",) if verified else ()), "check drop", "test acc",
+                "test drop", "% network", "% sites", "oracle % net"):  # fmt: skip
         table.add_column(col, justify="right")
     for m, info in summary["modes"].items():
         for e, r in info["eps"].items():
             check_drop = "-" if r["check_drop"] is None else f"{r['check_drop']:.2f}"
-            table.add_row(m, e, f"{r['calib_drop']:.2f}", check_drop, f"{r['test_accuracy']:.2f}",
+            verify_drop = (f"{r['verify_drop']:.2f}",) if verified else ()
+            table.add_row(m, e, f"{r['calib_drop']:.2f}", *verify_drop, check_drop, f"{r['test_accuracy']:.2f}",
                           f"{r['test_drop']:.2f}", f"{r['macs_saved_pct_network']:.2f}",
                           f"{r['macs_saved_pct_sites']:.2f}", f"{r['oracle_pct_network']:.2f}")  # fmt: skip
     out_console().print(table)
