@@ -120,6 +120,8 @@ CASES = [
          untouched="{tmp}/out"),
     Case("check", "a negative number of check images", (*OPT, "--check", "-1"), "--check must be",
          untouched="{tmp}/out"),
+    Case("verify", "more verify images than val leaves after the calibration images", (*OPT, "--verify", "250"),
+         "--verify must be", untouched="{tmp}/out"),
     Case("device", "an unknown device", (*OPT, "--device", "foo"), "unknown --device 'foo'", untouched="{tmp}/out"),
     Case("couple", "a coupled site that does not exist (refused before the base pass)",
          (*OPT, "--couple", "layer1.0.relu+nosuch"), "unknown site 'nosuch'", untouched="{tmp}/out"),

@@ -86,8 +86,3 @@ def test_verify_that_does_not_fit_is_one_clear_error(ckpt):
             SearchOptions(calib=OPTIONS["calib"], verify=bad).check(n)
 
 
-
-def test_bad_verify_on_the_command_line_is_one_clear_line(ckpt, cli, tmp_path):
-    code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "bad", "--calib", 100, "--verify", -3)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "--verify" in lines[0] and not (tmp_path / "bad").exists()
