@@ -60,10 +60,10 @@ def study(pool: dict, rules: list[str], eps: list[float], splits: int, seed: int
     check_saved = np.array([r["check_macs_saved_pct_network"] for r in rows])
     c_img, c_base = pool["calib_images"], pool["calib_base_correct"]
     calib = [(r["calib_lost"], r["calib_correct"] - c_base + r["calib_lost"]) for r in rows]  # (lost, gained)
-    rng = np.random.default_rng(seed)
     out = []
     for rule_name in rules:
         rule = get_budget(rule_name)
+        rng = np.random.default_rng(seed)  # every rule on the same halvings
         stats = {way: {"over": [], "held": [], "saved": {e: [] for e in eps}}
                  for way in ("calib", "verify", "both", "and")}
         for _ in range(splits):
