@@ -7,7 +7,7 @@ calibration size, with the MACs saved in each cell.
         [--patch-size 2] [--ones 1-2] [--data-root DIR] [--collect]
 
 One run folder per (mode, optimizer, calibration size, rule) under --out, each an ordinary ``optimize``
-run (fast engine; uniform-patch screened; ``layer``: the layer quantizer then refine, ``milp``: the milp
+run (``--engine``, default fast; uniform-patch screened; ``layer``: the layer quantizer then refine, ``milp``: the milp
 optimiser alone, 20 s per solve), so a killed study resumes where it stopped and a
 finished cell is never run again; each cell reuses the records of the cells on the same calibration
 images (``optimize(reuse=...)``: same masks, same record). The check images are the same 1,000 val images in every cell.
@@ -52,6 +52,7 @@ def run_cell(
     optimizer: str = "layer",
     patch: dict | None = None,
     verify: int = 0,
+    engine: str = "fast",
 ) -> dict:
     """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone; ``verify``
     images (``--verify``) that the chosen masks must keep the budget on too."""
@@ -64,7 +65,7 @@ def run_cell(
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
-    summary = optimize(ctx, options, folder, engine_name="fast", reuse=reuse, audit=True)
+    summary = optimize(ctx, options, folder, engine_name=engine, reuse=reuse, audit=True)
     print(f"{folder.name}: {time.perf_counter() - t0:.0f} s, {summary['evaluations']} records", flush=True)
     return summary
 
@@ -160,12 +161,14 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
+    ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--verify", default="0", help="verify images per cell, comma separated (0: none)")
     ap.add_argument("--rules", help="budget rules to replay on the pooled audits, e.g. net,flips,paired:0.9")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.collect:
-        ctx = open_checkpoint(args.checkpoint, args.data_root)
+        ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
         eps = [float(e) for e in args.eps.split(",")]
         patch = {"patch_size": args.patch_size,
                  "ones": tuple(int(k) for k in args.ones.split("-")) if args.ones else None}  # fmt: skip
@@ -174,7 +177,7 @@ def main() -> None:
                 for optimizer in args.optimizers.split(","):
                     for verify in (int(v) for v in args.verify.split(",")):
                         for budget in args.budgets.split(","):
-                            run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch, verify)
+                            run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch, verify, args.engine)
     rows = collect(out)
     study = {"checkpoint": args.checkpoint, "rows": rows}
     text = table(rows)
