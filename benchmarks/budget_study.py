@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from crossneuron.audit import replay
+from crossneuron.audit import pool_audits, replay
 from crossneuron.context import open_checkpoint
 from crossneuron.fsutil import write_json
 from crossneuron.runfolder import optimize
@@ -111,26 +111,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def pooled_audits(out: Path) -> dict[tuple[int, str], dict]:
-    """Per (calibration size, mode): the audits of every cell on those images, configurations pooled."""
-    pools: dict[tuple[int, str], dict] = {}
-    for path in sorted(out.glob("*/*/audit.json")):
-        audit = json.loads(path.read_text())
-        pool = pools.setdefault((audit["calib_images"], audit["mode"]), {**audit, "rows": [], "seen": set()})
-        if (pool["calib_base_correct"], pool["check_base_correct"]) != (audit["calib_base_correct"],
-                                                                        audit["check_base_correct"]):  # fmt: skip
-            raise SystemExit(f"{path}: not the same calibration or check images as the other cells")
-        for row in audit["rows"]:
-            if row["config"] not in pool["seen"]:
-                pool["seen"].add(row["config"])
-                pool["rows"].append(row)
-    return pools
-
-
 def replay_table(out: Path, rules: list[str], eps: list[float]) -> tuple[str, list[dict]]:
     """Each rule's pick among the pooled configurations: check drop and check MACs saved per eps."""
     rows, lines = [], []
-    for (calib, mode), pool in sorted(pooled_audits(out).items()):
+    for (calib, mode), pool in sorted(pool_audits(sorted(out.glob("*/*/audit.json"))).items()):
         lines += [f"\n{mode}, {calib} calibration images, {pool['check_images']} check images, "
                   f"{len(pool['rows'])} configurations pooled; cells: % network saved / drop on the check images\n",
                   "| rule | " + " | ".join(f"eps {e:g}" for e in eps) + " | check <= eps + 0.25 (eps <= 1) | "

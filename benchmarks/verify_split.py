@@ -25,22 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crossneuron.audit import unbits
+from crossneuron.audit import pool_audits, unbits
 from crossneuron.search.budget import get_budget
 from crossneuron.search.records import EvalResult
-
-
-def load_pools(out: Path) -> dict[tuple[int, str], dict]:
-    """Per (calibration size, mode): the pooled audit rows (as budget_study.pooled_audits)."""
-    pools: dict[tuple[int, str], dict] = {}
-    for path in sorted(out.glob("*/*/audit.json")):
-        audit = json.loads(path.read_text())
-        if "check_base_right" not in audit:
-            continue
-        pool = pools.setdefault((audit["calib_images"], audit["mode"]), {**audit, "rows": {}})
-        for row in audit["rows"]:
-            pool["rows"].setdefault(row["config"], row)
-    return pools
 
 
 def choose(ways: list[tuple[list[EvalResult], EvalResult]], saved: np.ndarray, rule, eps: float) -> int:
@@ -52,7 +39,7 @@ def choose(ways: list[tuple[list[EvalResult], EvalResult]], saved: np.ndarray, r
 
 
 def study(pool: dict, rules: list[str], eps: list[float], splits: int, seed: int) -> list[dict]:
-    rows = list(pool["rows"].values())
+    rows = pool["rows"]
     n = pool["check_images"]
     base_right = unbits(pool["check_base_right"], n)
     right = np.stack([unbits(r["check_right"], n) for r in rows])
@@ -110,7 +97,7 @@ def main() -> None:
     args = ap.parse_args()
     eps = [float(e) for e in args.eps.split(",")]
     report = {}
-    for (calib, mode), pool in sorted(load_pools(Path(args.out)).items()):
+    for (calib, mode), pool in sorted(pool_audits(sorted(Path(args.out).glob("*/*/audit.json"))).items()):
         print(f"\n{args.out}: {mode}, {calib} calibration images, {len(pool['rows'])} configurations, "
               f"{pool['check_images']} check images halved {args.splits} times (A: verify, B: measure)\n")  # fmt: skip
         print("| rule | way | mean B drop - eps (eps <= 1) | B drop <= eps + 0.25 | "

@@ -153,3 +153,20 @@ def test_loosen_grows_the_allowance_by_the_models_overcount():
     assert loosen(10, 0.0, 10, 900) == 110  # nothing charged (net gain): a big step, bisection follows
     assert loosen(0, 0.0, 0, 900) == 1  # eps 0 under flips: try one image in the model
     assert loosen(850, 1.0, 10, 900) == 900 and loosen(900, 1.0, 10, 900) is None
+
+
+def test_pool_audits_keeps_each_configuration_once_and_refuses_other_images(tmp_path):
+    from crossneuron.audit import pool_audits
+    from crossneuron.errors import CrossneuronError
+
+    head = {"mode": "uniform-layer", "calib_images": 100, "calib_base_correct": 90, "check_images": 100,
+            "check_base_correct": 80}  # fmt: skip
+    a = {**head, "rows": [{"config": "x", "n": 1}, {"config": "y", "n": 2}]}
+    b = {**head, "rows": [{"config": "y", "n": 3}, {"config": "z", "n": 4}]}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    pool = pool_audits([tmp_path / "a.json", tmp_path / "b.json"])[(100, "uniform-layer")]
+    assert [(r["config"], r["n"]) for r in pool["rows"]] == [("x", 1), ("y", 2), ("z", 4)]
+    (tmp_path / "c.json").write_text(json.dumps({**b, "check_base_correct": 79}))
+    with pytest.raises(CrossneuronError, match="not the same"):
+        pool_audits([tmp_path / "a.json", tmp_path / "c.json"])

@@ -11,9 +11,13 @@ check images stay unseen by every choice the search makes. Written to ``<mode>/a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from .errors import CrossneuronError
 from .macs import pct
 from .precision import full_fp32
 from .search.budget import Budget
@@ -108,6 +112,20 @@ def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch
             "rows": rows}  # fmt: skip
 
 
+def pool_audits(paths) -> dict[tuple[int, str], dict]:
+    """Per (calibration size, mode): the audits at ``paths`` (audit.json files of runs on the same
+    calibration and check images) with their configurations pooled, each once."""
+    pools: dict[tuple[int, str], dict] = {}
+    for path in paths:
+        audit = json.loads(Path(path).read_text())
+        pool = pools.setdefault((audit["calib_images"], audit["mode"]), {**audit, "rows": []})
+        if any(pool[k] != audit[k] for k in ("calib_base_correct", "check_images", "check_base_correct")):
+            raise CrossneuronError(f"{path}: not the same calibration or check images as the other audits")
+        seen = {row["config"] for row in pool["rows"]}
+        pool["rows"] += [row for row in audit["rows"] if row["config"] not in seen]
+    return pools
+
+
 def replay(audit: dict, budget: Budget, eps: float) -> dict:
     """The row ``budget`` would pick at ``eps`` among the audited configurations (as ``quantize.pick``
     does: the most MACs saved on the calibration images, ties to more correct, then earlier)."""
@@ -124,4 +142,4 @@ def replay(audit: dict, budget: Budget, eps: float) -> dict:
     return audit["rows"][pick(steps, base, eps, budget).step]
 
 
-__all__ = ["audit_rows", "bits", "held_records", "outcomes", "replay", "right_images", "unbits"]
+__all__ = ["audit_rows", "bits", "held_records", "outcomes", "pool_audits", "replay", "right_images", "unbits"]
