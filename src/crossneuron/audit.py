@@ -1,6 +1,7 @@
-"""The trajectory audit (``optimize(audit=True)``, ``--audit``): every configuration a search evaluated
-exactly, measured again on the check images (SPEC 5), so that budget rules can be compared on the
-images the search never saw.
+"""Every configuration a search's trajectory holds, measured again on images the search never saw
+(``outcomes``): on the verify images for ``--verify`` (``held_records``: ``pick`` asks the budget rule on
+them too), and on the check images (SPEC 5) for the audit (``optimize(audit=True)``, ``--audit``), so
+that budget rules can be compared on unseen images.
 
 A search picks, per epsilon, the trajectory step with the most MACs saved that its budget rule accepts
 on the calibration images. With each step's check accuracy beside its calibration record, any other
