@@ -42,6 +42,10 @@ def test_every_mode_writes_results_that_evaluate_reproduces(full_run):
             again = measure(net, ctx.spec, x_test, y_test, result_masks(net, data))
             assert again.accuracy == data.test_accuracy
             assert again.macs_saved_pct_network == data.macs_saved_pct_network
+            # optimize reuses one no-prediction pass per split (evaluate.plain_pass): the same numbers
+            assert again.base_accuracy == data.test_base_accuracy
+            assert again.oracle_pct_network == data.oracle_pct_network
+            assert list(again.per_site) == data.per_site
             assert (out / mode / f"eps-{eps:g}" / "masks.safetensors").is_file()
             saved.append(data.calib_macs_saved_pct_network)
         assert saved == sorted(saved)  # a larger budget never saves less

@@ -17,7 +17,7 @@ from . import __version__
 from .audit import audit_rows, held_records
 from .context import Context
 from .errors import CrossneuronError
-from .evaluate import measure
+from .evaluate import measure, plain_pass
 from .fsutil import folder_lock, output_folder, write_json
 from .macs import pct
 from .net import attach
@@ -98,12 +98,14 @@ def make_engine(name: str, ctx: Context, options: SearchOptions, backend: RayBac
 
 def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test_net, test, check) -> dict:
     """The 2018 diagonal pattern at every site: on the calibration images (the search's baseline
-    record), the check images and the test split (``test``, ``check``: images and labels)."""
+    record), the check images and the test split (``test``, ``check``: images, labels and their no-prediction
+    pass, ``evaluate.plain_pass``)."""
     p = options.patch_size
     calib = search.baseline
     masks = {s.index: diagonal(p) for s in test_net.sites}
-    on_test = measure(test_net, ctx.spec, *test, masks, options.batch_size, ctx.device)
-    on_check = measure(test_net, ctx.spec, *check, masks, options.batch_size, ctx.device) if len(check[1]) else None
+    on_test = measure(test_net, ctx.spec, *test[:2], masks, options.batch_size, ctx.device, test[2])
+    on_check = measure(test_net, ctx.spec, *check[:2], masks, options.batch_size, ctx.device, check[2]) \
+        if len(check[1]) else None  # fmt: skip
     return {
         "pattern": "diagonal",
         "patch_size": p,
@@ -157,9 +159,14 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             x_verify, y_verify, verify_hash = verify_images(ctx, options.calib, options.verify, options.seed) \
                 if options.verify else (None, None, None)  # fmt: skip
             test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+            # the no-prediction passes, once per split (every measurement below compares with them)
+            plain_test = plain_pass(test_net, ctx.spec, x_test, y_test, options.batch_size, ctx.device)
+            plain_check = plain_pass(test_net, ctx.spec, x_check, y_check, options.batch_size, ctx.device) \
+                if len(y_check) else None  # fmt: skip
             baseline = None
             if search.baseline is not None:
-                baseline = diagonal_baseline(search, ctx, options, test_net, (x_test, y_test), (x_check, y_check))
+                baseline = diagonal_baseline(search, ctx, options, test_net, (x_test, y_test, plain_test),
+                                             (x_check, y_check, plain_check))  # fmt: skip
                 write_json(out / "baseline.json", baseline)
             summary = {"base_calib_accuracy": base.accuracy, "calib_images": base.images, "check_images": len(y_check),
                        "verify_images": options.verify, "budget": options.budget, "baseline": baseline,
@@ -170,8 +177,9 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
                 ``verified``), measured on the test split and written."""
                 step, plans = mode.best(base, eps, verified)
                 masks = {site: search.space.mask(site, plans.get(site, ())) for site in search.space.sites}
-                test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device)
-                held = measure(test_net, ctx.spec, x_check, y_check, masks, options.batch_size, ctx.device) \
+                test = measure(test_net, ctx.spec, x_test, y_test, masks, options.batch_size, ctx.device, plain_test)
+                held = measure(test_net, ctx.spec, x_check, y_check, masks, options.batch_size, ctx.device,
+                               plain_check) \
                     if len(y_check) else None  # fmt: skip
                 result = Result(
                     mode=mode.mode, eps=eps, checkpoint=identity["checkpoint"], weights_hash=ctx.weights_hash,
