@@ -21,21 +21,26 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from crossneuron.audit import pool_audits, unbits
 from crossneuron.search.budget import get_budget
+from crossneuron.search.quantize import Step, pick
 from crossneuron.search.records import EvalResult
 
 
 def choose(ways: list[tuple[list[EvalResult], EvalResult]], saved: np.ndarray, rule, eps: float) -> int:
-    """Index of the configuration ``rule`` accepts at ``eps`` on every (results, base) of ``ways`` with the
-    most saved (ties: more correct on the first)."""
-    results = ways[0][0]
-    ok = [i for i in range(len(results)) if all(rule.within(rs[i], base, eps) for rs, base in ways)]
-    return max(ok, key=lambda i: (saved[i], results[i].correct, -i)) if ok else -1
+    """Index of the configuration ``quantize.pick`` takes at ``eps``: the most saved (calibration order)
+    that ``rule`` accepts on the first (results, base) of ``ways`` and, where there is one, the second."""
+    (results, base), *held = ways
+    order = np.round(saved * 1e6).astype(np.int64)  # pick orders by integer MACs; the same order
+    steps = [Step(i, None, (), replace(r, macs_saved=int(m)))
+             for i, (r, m) in enumerate(zip(results, order, strict=True))]
+    second = (held[0][1], dict(enumerate(held[0][0]))) if held else None
+    return pick(steps, base, eps, rule, second).step
 
 
 def study(pool: dict, rules: list[str], eps: list[float], splits: int, seed: int) -> list[dict]:
@@ -74,9 +79,9 @@ def study(pool: dict, rules: list[str], eps: list[float], splits: int, seed: int
             ways = {k: [v] for k, v in ways.items()} | {"and": [ways["calib"], ways["verify"]]}
             for way, tests in ways.items():
                 for e in eps:
-                    i = choose(tests, saved, rule, e)
-                    d = 0.0 if i < 0 else float(drop_b[i])
-                    stats[way]["saved"][e].append(0.0 if i < 0 else float(check_saved[i]))
+                    i = choose(tests, saved, rule, e)  # the no-prediction configuration is always within
+                    d = float(drop_b[i])
+                    stats[way]["saved"][e].append(float(check_saved[i]))
                     if e <= 1:
                         stats[way]["over"].append(d - e)
                         stats[way]["held"].append(d <= e + 0.25 + 1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,13 +18,16 @@ from .splits import batches
 
 @full_fp32()
 @torch.inference_mode()
+def right_images(model: nn.Module, x, y, spec: DatasetSpec, batch_size: int = 500, device="cpu") -> np.ndarray:
+    """Per image of (x, y): whether the top-1 prediction is right (bool array; one copy off the device)."""
+    model.eval()
+    right = [model(xb).argmax(1) == yb for xb, yb in batches(x, y, spec, batch_size, device)]
+    return torch.cat(right).cpu().numpy() if right else np.zeros(0, dtype=bool)
+
+
 def correct_count(model: nn.Module, x, y, spec: DatasetSpec, batch_size: int = 500, device="cpu") -> int:
     """Number of images of (x, y) whose top-1 prediction is right."""
-    model.eval()
-    hits = torch.zeros((), dtype=torch.int64, device=device)
-    for xb, yb in batches(x, y, spec, batch_size, device):
-        hits += (model(xb).argmax(1) == yb).sum()
-    return int(hits)
+    return int(right_images(model, x, y, spec, batch_size, device).sum())
 
 
 @dataclass(frozen=True)
