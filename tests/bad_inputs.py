@@ -4,7 +4,8 @@ status, that stderr is one line with no traceback, and that the line is the one 
 docs/reliability.md; ``scripts/reliability_doc.sh`` rewrites that file from the same runs.
 
 Placeholders in arguments: {ckpt} (a tiny trained checkpoint), {run} (a copy of a finished search
-of it), {tmp} (an empty folder). ``setup(env)`` prepares the files a case needs.
+of it), {tmp} (an empty folder). ``setup(env)`` prepares the files a case needs (and may name a path
+that the recorded line shows as a placeholder: {headline}, the report's headline result folder).
 """
 
 from __future__ import annotations
@@ -86,8 +87,13 @@ def _truncated_npz(env):
 
 
 def _corrupt_masks(env):
+    from crossneuron.report.load import load_run
+
     for path in Path(env["run"]).glob("*/eps-*/masks.safetensors"):
         path.write_bytes(b"garbage")
+    # the report reads the headline's masks first; which mode that is depends on the CPU's rounding
+    mode, eps, _ = load_run(env["run"]).headline()
+    env["headline"] = str(Path(env["run"]) / mode / f"eps-{eps:g}")
 
 
 def _corrupt_zap(env):

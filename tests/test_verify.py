@@ -86,3 +86,29 @@ def test_verify_that_does_not_fit_is_one_clear_error(ckpt):
             SearchOptions(calib=OPTIONS["calib"], verify=bad).check(n)
 
 
+
+
+@pytest.mark.parametrize(("val", "calib", "expected"),
+                         [(5000, 1000, 1000), (5000, 2500, 1000), (5000, 3000, 1000), (5000, 3001, 0),
+                          (5000, 4000, 0), (300, 100, 0), (2000, 1, 0), (2001, 1, 1000)])  # fmt: skip
+def test_the_default_verify_images_fit_beside_calibration_and_check(val, calib, expected):
+    # 1,000 verify images where val leaves 1,000 of them and 1,000 check images after calibration
+    options = SearchOptions(calib=calib)
+    assert options.verify is None
+    options.check(val)
+    assert options.verify == expected
+    assert ("verify" in options.identity()) == bool(expected)
+    explicit = SearchOptions(calib=calib, verify=0)  # asked for none: none, and the 0.10 identity
+    explicit.check(val)
+    assert explicit.verify == 0 and "verify" not in explicit.identity()
+
+
+def test_a_result_without_verify_images_reads_back_without_them():
+    from crossneuron.retrain import search_options
+
+    identity = SearchOptions(verify=0).identity()
+    assert "verify" not in identity
+    again = search_options(identity)
+    again.check(5000)
+    assert again.verify == 0  # not the default: the result was searched without verify images
+    assert search_options(SearchOptions(verify=1000).identity()).verify == 1000

@@ -286,8 +286,10 @@ def optimize(
     eps: Annotated[str, typer.Option(help="accuracy budgets in points, comma separated")] = "0,0.5,1,3",
     calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,
     check: Annotated[int, typer.Option(help="check images: held out of val, never searched on (SPEC 5)")] = 1000,
-    verify: Annotated[int, typer.Option(help="val images after the calibration images (never searched on): the "
-                                        "chosen masks must keep the budget on them too (0: none)")] = 0,
+    verify: Annotated[int | None, typer.Option(help="val images after the calibration images (never searched on): "
+                                               "the chosen masks must keep the budget on them too (0: none; "
+                                               "default 1000 where val holds calibration + 1000 + 1000 check "
+                                               "images, else 0)")] = None,
     audit: Annotated[bool, typer.Option(help="also measure every trajectory step on the check images "
                                         "(MODE/audit.json: compare budget rules on unseen images)")] = False,
     budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "flips",

@@ -130,13 +130,14 @@ def _check_fields(check: dict | None) -> dict:
 def search_options(identity: dict) -> SearchOptions:
     """The options of a result's search from its ``options`` (as written by ``SearchOptions.identity``);
     options of earlier versions take their then defaults (``site_wide`` is gone: False was its default;
-    ``combine`` defaulted to rank before 0.4, ``budget`` was net before 0.5)."""
+    ``combine`` defaulted to rank before 0.4, ``budget`` was net before 0.5, no ``verify`` means none)."""
     known = {f.name for f in dataclasses.fields(SearchOptions)}
     o = {k: v for k, v in identity.items() if k in known}
     if identity.get("site_wide"):
         raise CrossneuronError("this result was searched with --site-wide, which 0.4 retired: search it again")
     o.setdefault("combine", "rank")
     o.setdefault("budget", "net")  # before 0.5, the only rule
+    o.setdefault("verify", 0)  # identity leaves verify out when there were none (0.11: the default is 1,000)
     o["ones"] = tuple(o["ones"]) if o.get("ones") else None
     return SearchOptions(**o)
 

@@ -26,15 +26,13 @@ from .result import Result, export_masks, masks_json, trajectory_json, verify_js
 from .search.batched import BatchedEngine
 from .search.engine import NaiveEngine
 from .search.fast import FastEngine
+from .search.options import DEFAULT_CHECK
 from .search.ray_engine import RayBackend
 from .search.run import MODES, ModeResult, Search, SearchOptions, coupled_units
 from .search.store import Store, reusable_records
 from .splits import indices_hash, normalise
 
 ENGINES = {"naive": NaiveEngine, "fast": FastEngine, "batched": BatchedEngine}
-
-
-DEFAULT_CHECK = 1000  # check images (SPEC 5): the search never sees them; defaults are chosen on them
 
 
 def _val_order(n: int, seed: int) -> np.ndarray:
