@@ -17,7 +17,7 @@ the search's rule.
   A configuration that changes no image's outcome (lost = gained = 0) is charged 0. (A bound on
   p_lost / (p_lost + p_gained) given the discordant count, with D / N plugged in, charges nothing
   more than ``net`` when nothing is gained: it ignores how uncertain p_lost itself is.)
-- ``paired[:LEVEL]`` (level in [0.5, 1), default 0.9; 0.9.0, not yet in the budget study): the normal
+- ``paired[:LEVEL]`` (level in [0.5, 1), default 0.9; 0.9.0; measured in the budget study since 0.10): the normal
   upper bound of the paired drop, the mean of d_i (1 for a lost image, -1 for a gained one, 0
   otherwise) plus z_LEVEL standard errors: 100 ((lost - gained) + z sqrt(lost + gained - (lost -
   gained)^2 / N)) / N. It credits gains like ``net`` and charges for churn: a mask that turns 30
