@@ -64,3 +64,21 @@ def test_python_call_bad_inputs_are_one_clear_error(ckpt, tmp_path):
     with pytest.raises(CrossneuronError, match="must be \\(images, labels\\) tensors or batches"):
         cn.optimize(ctx.model, val=42, test=test, out=tmp_path / "d")
     assert not any((tmp_path / n).exists() for n in "abcd")  # nothing written
+
+
+def test_a_large_enough_val_gets_1000_verify_images_by_default(ckpt, tmp_path):
+    ctx = open_checkpoint(ckpt)
+    (xv, yv), (xt, yt) = tensors(ctx)
+    val = (xv.repeat(7, 1, 1, 1), yv.repeat(7))  # 2,100 images: 50 calibration + 1,000 verify + 1,000 check fit
+    test = (xt[:200], yt[:200])
+    args = {**ARGS, "calib": 50, "eps": [1.0]}
+    default = cn.optimize(ctx.model, val=val, test=test, out=tmp_path / "default", **args)
+    none = cn.optimize(ctx.model, val=val, test=test, out=tmp_path / "none", verify=0, **args)
+    assert default["verify_images"] == 1000 and none["verify_images"] == 0
+    assert default["check_images"] == none["check_images"] == 1000
+    ours, plain = (json.loads((tmp_path / r / "uniform-layer" / "eps-1" / "result.json").read_text())
+                   for r in ("default", "none"))  # fmt: skip
+    assert ours["verify"]["images"] == 1000 and ours["options"]["verify"] == 1000
+    assert "verify" not in plain and "verify" not in plain["options"]
+    assert ours["check_hash"] == plain["check_hash"]  # the same check images with or without verification
+    assert ours["calib_macs_saved_pct_network"] <= plain["calib_macs_saved_pct_network"]
