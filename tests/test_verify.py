@@ -86,8 +86,6 @@ def test_verify_that_does_not_fit_is_one_clear_error(ckpt):
             SearchOptions(calib=OPTIONS["calib"], verify=bad).check(n)
 
 
-
-
 @pytest.mark.parametrize(("val", "calib", "expected"),
                          [(5000, 1000, 1000), (5000, 2500, 1000), (5000, 3000, 1000), (5000, 3001, 0),
                           (5000, 4000, 0), (300, 100, 0), (2000, 1, 0), (2001, 1, 1000)])  # fmt: skip

@@ -25,7 +25,7 @@ import torch
 from .data import DatasetSpec
 from .errors import CrossneuronError
 from .search.modes import parse_modes
-from .search.options import SearchOptions
+from .search.options import DEFAULT_CHECK, SearchOptions
 from .splits import Split
 
 Pairs = tuple[torch.Tensor, torch.Tensor] | Iterable
@@ -115,7 +115,7 @@ def optimize(model: torch.nn.Module, val: Pairs, test: Pairs, out: str | Path, e
     ctx = tensor_context(model, val, test, out)
     n = len(ctx.val[1])
     calib = min(1000, n // 2) if calib is None else calib
-    check = max(0, min(1000, n - calib)) if check is None else check
+    check = DEFAULT_CHECK if check is None else check  # fewer where val leaves fewer (runfolder.check_positions)
     unknown = set(options) - set(SearchOptions.__dataclass_fields__)
     if unknown:
         raise CrossneuronError(f"unknown search option(s) {', '.join(sorted(unknown))}: see SearchOptions")

@@ -22,7 +22,7 @@ DEFAULT_CHECK = 1000  # check images (SPEC 5): the search never sees them; defau
 def default_verify(val_size: int, calib: int) -> int:
     """``--verify``'s default: 1,000 verify images where the val split holds them next to the calibration
     images and 1,000 check images, none otherwise (a val split of 5,000 with up to 3,000 calibration
-    images gets them; the tests' 300 does not). Chosen on check images across three checkpoints
+    images gets them; the tests' 300 does not). Chosen on check images across four checkpoints
     (RESULTS.md, "Session 12" and "Session 13")."""
     return DEFAULT_VERIFY if val_size - calib >= DEFAULT_VERIFY + DEFAULT_CHECK else 0
 
@@ -91,9 +91,9 @@ class SearchOptions:
                                    f"{self.milp_seconds}")  # fmt: skip
         if self.verify is None and val_size is not None:  # the default, once the val split's size is known
             self.verify = default_verify(val_size, self.calib)
-        bad = isinstance(self.verify, bool) or not isinstance(self.verify, int) or self.verify < 0 \
-            or (val_size is not None and self.calib + self.verify > val_size)  # fmt: skip
-        if self.verify is not None and bad:
+        v = self.verify
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0
+                              or (val_size is not None and self.calib + v > val_size)):  # fmt: skip
             fits = f" (with the {self.calib} calibration images, at most {val_size} in all)" if val_size else ""
             raise CrossneuronError(f"--verify must be a number of val images >= 0{fits}, got {self.verify!r}")
         if self.baseline is not None and self.baseline not in BASELINES:
