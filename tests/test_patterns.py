@@ -29,6 +29,19 @@ def test_codes_round_trip_and_bit_layout(p):
     assert stack.shape == (math.comb(p * p, 2), p, p) and torch.all(stack.sum((1, 2)) == 2)
 
 
+@pytest.mark.parametrize("p", [2, 3, 4, 5])
+def test_permutation_family_is_one_computed_position_per_row_and_column(p):
+    codes = pt.pattern_codes(p, family="permutations")
+    assert len(codes) == math.factorial(p) and codes == sorted(set(codes))
+    assert pt.pattern_to_code(pt.diagonal(p)) in codes
+    if p <= 4:  # brute force: every pattern with p ones whose rows and columns each hold exactly one
+        brute = [c for c in pt.pattern_codes(p, (p, p))
+                 if all(int(r) == 1 for r in pt.code_to_pattern(c, p).sum(0)) and
+                 all(int(r) == 1 for r in pt.code_to_pattern(c, p).sum(1))]  # fmt: skip
+        assert codes == brute
+    assert pt.pattern_codes(p, (1, p), "permutations") == codes  # the ones range only has to include p
+
+
 def test_diagonal_and_description():
     assert pt.pattern_to_code(pt.diagonal(2)) == 0b1001
     assert pt.pattern_to_code(pt.diagonal(3)) == 0b100010001
@@ -44,6 +57,8 @@ def test_diagonal_and_description():
         (lambda: pt.pattern_codes(2, (3, 2)), "empty"),
         (lambda: pt.pattern_codes(2, (0, 2)), "outside 1-3"),
         (lambda: pt.pattern_codes(3, (1, 9)), "outside 1-8"),
+        (lambda: pt.pattern_codes(3, (1, 2), "permutations"), "computes 3 positions per patch, outside"),
+        (lambda: pt.pattern_codes(3, None, "rows"), "unknown pattern family 'rows'"),
         (lambda: pt.code_to_pattern(15, 2), "not a pattern"),
         (lambda: pt.code_to_pattern(0, 2), "not a pattern"),
         (lambda: pt.pattern_to_code(torch.ones(2, 2, dtype=torch.bool)), "all-true"),

@@ -83,6 +83,21 @@ def test_records_hold_every_first_level_evaluation(full_run):
         net.set_mask(site, None)
 
 
+def test_permutation_patterns_are_all_a_search_evaluates_and_name_the_run(ckpt, tmp_path):
+    ctx = open_checkpoint(ckpt)
+    options = SearchOptions(**{**OPTIONS, "patch_size": 3, "ones": None, "eps": [1.0]}, patterns="permutations")
+    summary = optimize(ctx, options, tmp_path / "perm")
+    db = sqlite3.connect(tmp_path / "perm" / "records.sqlite")
+    first = db.execute("SELECT site, pattern FROM evals WHERE stage = 'first'").fetchall()
+    sites = len(cn.attach(ctx.model, ctx.spec.input_shape, 3).sites)
+    assert sorted(first) == sorted((s, c) for s in range(sites) for c in cn.pattern_codes(3, family="permutations"))
+    result = json.loads((tmp_path / "perm" / "uniform-layer" / "eps-1" / "result.json").read_text())
+    assert result["options"]["patterns"] == "permutations" and summary["evaluations"] >= len(first)
+    assert "patterns" not in SearchOptions(**OPTIONS).identity()  # run folders from before 0.12 keep their identity
+    with pytest.raises(CrossneuronError, match="unknown pattern family 'rows'"):
+        SearchOptions(**OPTIONS, patterns="rows").check()
+
+
 def test_rerun_resumes_without_new_evaluations(full_run, ckpt):
     ctx, out, summary = full_run
     again = optimize(open_checkpoint(ckpt), SearchOptions(modes=list(MODES), **OPTIONS), out)

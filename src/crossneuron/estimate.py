@@ -38,7 +38,7 @@ def dry_run(ctx: Context, options: SearchOptions, engine_name: str = "naive", ti
     """Per mode: evaluations and seconds per stage and in all; the run's shared costs apart."""
     options.check(len(ctx.split.val))
     (net, engine, _), setup = _timed(lambda: make_engine(engine_name, ctx, options))
-    space = Space.of(net, options.patch_size, options.ones, options.gt)
+    space = Space.of(net, options.patch_size, options.ones, options.gt, options.patterns)
     codes = len(space.codes)
     per_unit = min(codes, options.top_m or codes)
     sites, units = len(net.sites), len(coupled_units(net, options.couple))

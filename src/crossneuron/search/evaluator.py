@@ -53,9 +53,9 @@ class Space:
     shapes: dict[int, tuple[int, int, int]]
 
     @classmethod
-    def of(cls, net: PredictiveNet, p: int, ones: tuple[int, int] | None, gt: float) -> Space:
+    def of(cls, net: PredictiveNet, p: int, ones: tuple[int, int] | None, gt: float, patterns: str = "all") -> Space:
         return cls(
-            net, p, tuple(pattern_codes(p, ones)),
+            net, p, tuple(pattern_codes(p, ones, patterns)),
             {s.index: block_side(s.shape[1], s.shape[2], p, gt) for s in net.sites},
             {s.index: tuple(net.spatial(s).mask.shape) for s in net.sites},
         )  # fmt: skip

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import CrossneuronError
-from ..patterns import check_ones
+from ..patterns import check_ones, pattern_codes
 from .budget import get_budget
 from .modes import parse_modes
 from .quantize import COMBINERS, MOVE_ORDERS
@@ -32,6 +32,7 @@ class SearchOptions:
     modes: list[str] = field(default_factory=lambda: ["uniform-layer"])
     patch_size: int = 2
     ones: tuple[int, int] | None = None  # None: 1 .. p*p-1
+    patterns: str = "all"  # pattern family (patterns.FAMILIES): all in the ones range, or permutations; 0.12
     gt: float = 10.0
     eps: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 3.0])
     top_m: int | None = None
@@ -60,6 +61,7 @@ class SearchOptions:
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
         self.ones = check_ones(self.patch_size, self.ones)
+        pattern_codes(self.patch_size, self.ones, self.patterns)  # one clear error for an unknown or empty family
         if not self.eps or not all(isinstance(e, (int, float)) and math.isfinite(e) and 0 <= e <= 100
                                    for e in self.eps):  # fmt: skip
             raise CrossneuronError(f"epsilon must be >= 0 and <= 100 percentage points, got {self.eps}")
@@ -112,4 +114,6 @@ class SearchOptions:
         d["ones"] = list(self.ones) if self.ones else None
         if not self.verify:  # added in 0.10: run folders without verify images keep their identity (and resume)
             del d["verify"]
+        if self.patterns == "all":  # added in 0.12, likewise
+            del d["patterns"]
         return d

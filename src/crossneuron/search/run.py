@@ -89,7 +89,7 @@ class Search:
         options.check()
         units = coupled_units(net, options.couple)  # a bad --couple fails before any work
         self.net, self.options, self.units = net, options, units
-        self.space = Space.of(net, options.patch_size, options.ones, options.gt)
+        self.space = Space.of(net, options.patch_size, options.ones, options.gt, options.patterns)
         screener = model = None
         screened = options.screen and any(get_mode(m).below_site for m in options.modes)
         if screened or "milp" in options.optimizers:  # one gradient pass serves both
