@@ -54,14 +54,16 @@ def run_cell(
     verify: int = 0,
     engine: str = "fast",
 ) -> dict:
-    """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone; ``verify``
+    """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone
+    (``milp-verify``: with ``--milp-verify``, each round judged on the verify images too); ``verify``
     images (``--verify``) that the chosen masks must keep the budget on too."""
     folder = cell_folder(out, mode, calib, budget, optimizer, verify)
     if (folder / "summary.json").is_file():
         return json.loads((folder / "summary.json").read_text())
     options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=optimizer == "layer",
-                            screen=mode != "uniform-layer", optimizer=optimizer, milp_seconds=20.0,
-                            verify=verify, **(patch or {}))  # fmt: skip
+                            screen=mode != "uniform-layer", optimizer=optimizer.removesuffix("-verify"),
+                            milp_seconds=20.0, verify=verify, milp_verify=optimizer == "milp-verify",
+                            **(patch or {}))  # fmt: skip
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
     t0 = time.perf_counter()
@@ -76,7 +78,8 @@ def collect(out: Path) -> list[dict]:
         s = json.loads(summary_path.read_text())
         for mode, info in s["modes"].items():
             for e, r in info["eps"].items():
-                optimizer = "milp" if "-milp-" in summary_path.parent.name else "layer+refine"
+                name = summary_path.parent.name
+                optimizer = "milp-verify" if "-milp-verify-" in name else "milp" if "-milp-" in name else "layer+refine"
                 verify = s.get("verify_images", 0)
                 rows.append({"cell": summary_path.parent.name, "mode": mode, "optimizer": optimizer,
                              "verify": verify, "verify_drop": r.get("verify_drop"),
@@ -141,7 +144,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="net,flips,ucb:0.9")
     ap.add_argument("--modes", default="uniform-layer,uniform-patch")
     ap.add_argument("--eps", default="0,0.5,1,3")
-    ap.add_argument("--optimizers", default="layer", help="layer (layer quantizer + refine), milp, or both")
+    ap.add_argument("--optimizers", default="layer",
+                    help="layer (layer quantizer + refine), milp, milp-verify (--milp-verify), comma separated")
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")

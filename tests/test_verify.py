@@ -110,3 +110,57 @@ def test_a_result_without_verify_images_reads_back_without_them():
     again.check(5000)
     assert again.verify == 0  # not the default: the result was searched without verify images
     assert search_options(SearchOptions(verify=1000).identity()).verify == 1000
+
+
+class _RejectAll:
+    """A held judge (``audit.Held``'s interface) that fails every configuration predicting anything and
+    remembers what it was asked."""
+
+    def __init__(self):
+        self.base = EvalResult(60, 60, 0, 0, lost=0)
+        self.asked = []
+
+    def record(self, plans, space, macs_saved=0):
+        from crossneuron.search.evaluator import config_hash
+
+        self.asked.append(config_hash(plans))
+        return EvalResult(60 - 30 * bool(plans), 60, macs_saved, 0, lost=30 * bool(plans))
+
+
+def test_milp_verify_judges_each_round_that_keeps_the_calibration_budget(ckpt):
+    from crossneuron.runfolder import make_engine
+    from crossneuron.search.evaluator import config_hash
+    from crossneuron.search.run import Search
+    from crossneuron.search.store import Store
+
+    ctx = open_checkpoint(ckpt)
+    options = SearchOptions(modes=["uniform-layer"], **{**OPTIONS, "optimizer": "milp", "budget": "flips"},
+                            verify=60, milp_verify=True)  # fmt: skip
+    options.check(len(ctx.split.val))
+    net, engine, _ = make_engine("naive", ctx, options)
+    judge = _RejectAll()
+    search = Search(net, engine, Store(":memory:", {"test": 1}), options, held=judge)
+    result = search.run_mode("uniform-layer")
+    rule, base = get_budget("flips"), search.base
+    milp = [t for t in result.trajectory if t.stage == "milp"]
+    kept = [t for t in milp if not t.result.cut_short and any(rule.within(t.result, base, e) for e in options.eps)
+            and result.plans_by_step[t.step]]  # fmt: skip
+    assert kept, "no round kept the calibration budget: nothing was judged"
+    asked = set(judge.asked)
+    assert {config_hash(result.plans_by_step[t.step]) for t in kept} <= asked  # each was judged on held images
+    broke = {config_hash(result.plans_by_step[t.step]) for t in milp if not any(rule.within(t.result, base, e)
+                                                                                 for e in options.eps)}  # fmt: skip
+    assert not broke & asked  # a round that broke the calibration budget needs no held images
+    held = (judge.base, {t.step: judge.record(result.plans_by_step[t.step], None) for t in result.trajectory})
+    assert all(not result.plans_by_step[result.best(base, e, held)[0].step] for e in options.eps)
+
+
+def test_milp_verify_needs_verify_images_and_the_milp(ckpt):
+    n = len(open_checkpoint(ckpt).split.val)
+    with pytest.raises(CrossneuronError, match="--milp-verify needs the milp optimiser and verify images"):
+        SearchOptions(**OPTIONS, verify=0, milp_verify=True).check(n)  # conftest's OPTIONS: the layer quantizer
+    with pytest.raises(CrossneuronError, match="--milp-verify needs"):
+        SearchOptions(**{**OPTIONS, "optimizer": "milp"}, verify=0, milp_verify=True).check(n)
+    fine = SearchOptions(**{**OPTIONS, "optimizer": "milp"}, verify=60, milp_verify=True)
+    fine.check(n)
+    assert fine.identity()["milp_verify"] is True and "milp_verify" not in SearchOptions(**OPTIONS).identity()

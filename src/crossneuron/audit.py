@@ -65,18 +65,45 @@ def outcomes(mode: ModeResult, space, net, spec, x, y, batch_size: int = 500, de
     return base_right, seen
 
 
-def held_records(mode: ModeResult, space, net, spec, x, y, batch_size: int = 500,
-                 device="cpu") -> tuple[EvalResult, dict[int, EvalResult]]:  # fmt: skip
+class Held:
+    """Records (correct, lost) on images the search never evaluated (the verify images), one evaluation
+    per distinct configuration (cached by its hash): ``base`` is no prediction's. ``record(plans, space)``
+    serves ``--milp-verify`` (the milp's rounds judged on them too) and ``held_records`` (``pick``)."""
+
+    def __init__(self, net, spec, x, y, batch_size: int = 500, device="cpu"):
+        self.net, self.spec, self.x, self.y, self.batch_size, self.device = net, spec, x, y, batch_size, device
+        self.net.to(device).eval()
+        self._off()
+        self.base_right = right_images(self.net, x, y, spec, batch_size, device)
+        self.base = EvalResult(int(self.base_right.sum()), len(y), 0, 0, lost=0)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def _off(self) -> None:
+        for site in self.net.sites:
+            self.net.enable(site, False)
+
+    def right(self, plans, space) -> np.ndarray:
+        key = config_hash(plans)
+        if key not in self.cache:
+            for site in self.net.sites:
+                self.net.set_mask(site, space.mask(site.index, plans.get(site.index, ())))
+                self.net.enable(site, True)
+            self.cache[key] = right_images(self.net, self.x, self.y, self.spec, self.batch_size, self.device)
+            self._off()
+        return self.cache[key]
+
+    def record(self, plans, space, macs_saved: int = 0) -> EvalResult:
+        right = self.right(plans, space)
+        return EvalResult(int(right.sum()), len(self.y), macs_saved, 0, lost=int((self.base_right & ~right).sum()))
+
+
+def held_records(mode: ModeResult, space, held: Held) -> tuple[EvalResult, dict[int, EvalResult]]:
     """``--verify``: the base's record and each trajectory step's record (correct, lost) on the verify
-    images (x, y), for ``quantize.pick`` to accept a step on them too. MACs saved stay the calibration
-    records' (the pick's order)."""
-    base_right, seen = outcomes(mode, space, net, spec, x, y, batch_size, device)
-    records = {}
-    for entry in seen.values():
-        right = entry["right"]
-        r = EvalResult(int(right.sum()), len(y), entry["result"].macs_saved, 0, lost=int((base_right & ~right).sum()))
-        records.update(dict.fromkeys(entry["steps"], r))
-    return EvalResult(int(base_right.sum()), len(y), 0, 0, lost=0), records
+    images, for ``quantize.pick`` to accept a step on them too (steps cut short left out: never picked).
+    MACs saved stay the calibration records' (the pick's order)."""
+    records = {t.step: held.record(mode.plans_by_step[t.step], space, t.result.macs_saved)
+               for t in mode.trajectory if not t.result.cut_short}  # fmt: skip
+    return held.base, records
 
 
 def audit_rows(mode: ModeResult, base: EvalResult, space, net, spec, x, y, batch_size: int = 500,

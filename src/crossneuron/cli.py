@@ -293,6 +293,8 @@ def optimize(
                                                "the chosen masks must keep the budget on them too (0: none; "
                                                "default 1000 where val holds calibration + 1000 + 1000 check "
                                                "images, else 0)")] = None,
+    milp_verify: Annotated[bool, typer.Option(help="milp: each round's choice must keep the budget on the verify "
+                                              "images too, so the rounds search below that boundary")] = False,
     audit: Annotated[bool, typer.Option(help="also measure every trajectory step on the check images "
                                         "(MODE/audit.json: compare budget rules on unseen images)")] = False,
     budget: Annotated[str, typer.Option(help="what 'within eps' means: " + budgets_help())] = "flips",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audit import audit_rows, held_records
+from .audit import Held, audit_rows, held_records
 from .context import Context
 from .errors import CrossneuronError
 from .evaluate import measure, plain_pass
@@ -149,14 +149,16 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             store = Store(out / "records.sqlite", identity)
             store.reuse(reused)
             t0 = time.perf_counter()
-            search = Search(net, engine, store, options, progress)
+            test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+            x_verify, y_verify, verify_hash = verify_images(ctx, options.calib, options.verify, options.seed) \
+                if options.verify else (None, None, None)  # fmt: skip
+            held = Held(test_net, ctx.spec, x_verify, y_verify, options.batch_size, ctx.device) \
+                if options.verify else None  # fmt: skip
+            search = Search(net, engine, store, options, progress, held if options.milp_verify else None)
             base = search.base
             x_test, y_test = ctx.data("test")
             # the check images leave room for the verify images (SPEC 5: the back of the same order)
             x_check, y_check, check_hash = check_images(ctx, options.calib + options.verify, options.seed, check)
-            x_verify, y_verify, verify_hash = verify_images(ctx, options.calib, options.verify, options.seed) \
-                if options.verify else (None, None, None)  # fmt: skip
-            test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
             # the no-prediction passes, once per split (every measurement below compares with them)
             plain_test = plain_pass(test_net, ctx.spec, x_test, y_test, options.batch_size, ctx.device)
             plain_check = plain_pass(test_net, ctx.spec, x_check, y_check, options.batch_size, ctx.device) \
@@ -208,8 +210,7 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
                 info = summary["modes"][result.mode] = {"seconds": result.seconds, "eps": {}}
                 if result.screen is not None:
                     info["screen"] = result.screen
-                verified = held_records(result, search.space, test_net, ctx.spec, x_verify, y_verify,
-                                        options.batch_size, ctx.device) if options.verify else None  # fmt: skip
+                verified = held_records(result, search.space, held) if held is not None else None
                 for eps in options.eps:
                     info["eps"][f"{eps:g}"] = choose(result, eps, out / result.mode / f"eps-{eps:g}", verified)
                 if audit and len(y_check):

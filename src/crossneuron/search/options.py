@@ -57,6 +57,9 @@ class SearchOptions:
     # val images after the calibration images on which pick also asks the budget (0: none; None: the
     # default, ``default_verify``: 1,000 where val holds them beside the calibration and check images; 0.11)
     verify: int | None = None
+    # milp: each round's choice must keep the budget on the verify images too (0.12; off: the verify
+    # images only judge pick's final choice)
+    milp_verify: bool = False
 
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
@@ -98,6 +101,9 @@ class SearchOptions:
                               or (val_size is not None and self.calib + v > val_size)):  # fmt: skip
             fits = f" (with the {self.calib} calibration images, at most {val_size} in all)" if val_size else ""
             raise CrossneuronError(f"--verify must be a number of val images >= 0{fits}, got {self.verify!r}")
+        if self.milp_verify and (val_size is not None and not self.verify or "milp" not in self.optimizers):
+            raise CrossneuronError("--milp-verify needs the milp optimiser and verify images (--verify N > 0, "
+                                   f"got {self.verify!r}; optimiser {self.optimizer})")  # fmt: skip
         if self.baseline is not None and self.baseline not in BASELINES:
             raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
 
@@ -114,6 +120,7 @@ class SearchOptions:
         d["ones"] = list(self.ones) if self.ones else None
         if not self.verify:  # added in 0.10: run folders without verify images keep their identity (and resume)
             del d["verify"]
-        if self.patterns == "all":  # added in 0.12, likewise
-            del d["patterns"]
+        for key, default in (("patterns", "all"), ("milp_verify", False)):  # added in 0.12, likewise
+            if d[key] == default:
+                del d[key]
         return d

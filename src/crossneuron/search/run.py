@@ -82,10 +82,11 @@ class Search:
     """A search over ``net`` with an engine and a store (every evaluation memoised there).
 
     Construction evaluates the base and the baseline; ``run()`` yields each mode's result as it
-    finishes. ``progress(stage, done, total, best_pct)`` is called as the search goes."""
+    finishes. ``progress(stage, done, total, best_pct)`` is called as the search goes. ``held`` (an
+    ``audit.Held`` on the verify images, or None): the milp optimiser judges each round on them too."""
 
     def __init__(self, net: PredictiveNet, engine: Engine, store: Store, options: SearchOptions,
-                 progress: Callable[[str, int, int, float], None] | None = None):  # fmt: skip
+                 progress: Callable[[str, int, int, float], None] | None = None, held=None):  # fmt: skip
         options.check()
         units = coupled_units(net, options.couple)  # a bad --couple fails before any work
         self.net, self.options, self.units = net, options, units
@@ -110,7 +111,7 @@ class Search:
             self.baseline = self.evaluator.evaluate(Where("baseline", "-"), self.baseline_plans)
         self.stages = Stages(self.space, self.evaluator, options,
                              Progress(progress, self.base, eps, net.network_macs, self.budget),
-                             model=model if "milp" in options.optimizers else None)  # fmt: skip
+                             model=model if "milp" in options.optimizers else None, held=held)  # fmt: skip
 
     @property
     def baseline_drop(self) -> float | None:

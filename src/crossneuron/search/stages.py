@@ -30,6 +30,7 @@ class Stages:
     progress: Progress
     screen_checks: dict[str, dict] = field(default_factory=dict)
     model: object | None = None  # a Screen for the milp optimiser's per-image margins (None: not asked)
+    held: object | None = None  # an audit.Held on the verify images: the milp's rounds must keep the budget there too
 
     @property
     def base(self) -> EvalResult:
@@ -219,7 +220,9 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
     """The milp optimiser (``milp.py``) for each epsilon, smallest first: solve, evaluate the choice
     exactly; while it breaks the budget, tighten and solve again; while it keeps the budget and none
     has failed yet, loosen; once there is a verified allowance and a failed one, bisect between them
-    (at most ``milp_rounds`` solves).
+    (at most ``milp_rounds`` solves). With ``st.held`` (``--milp-verify``) a choice keeps the budget only
+    where it keeps it on the verify images too (``pick`` asks both anyway), so the rounds search below
+    the boundary that counts instead of beyond it.
     Records are keyed by their masks (``candidate`` = a prefix of the plans' hash), so a resumed run
     finds them whatever the solver's timing. Steps numbered from ``start``; with nothing before
     them, the first step is no prediction (always within)."""
@@ -245,7 +248,21 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
         positions = tuple(len(options[s]) if k is None else k for s, k in zip(sites, choice, strict=True))
         steps.append(Step(step, None, positions, result, "milp"))
         st.progress(f"{mode}: milp", len(steps), len(st.options.eps) * st.options.milp_rounds, result)
-        return result
+        return result, plans
+
+    def judged(result: EvalResult, plans, eps: float) -> EvalResult | None:
+        """None where the choice keeps the budget (on the verify images too, with ``st.held``), else the
+        record that broke it, its lost images on the calibration scale (what ``tighten`` reads)."""
+        if result.cut_short or not st.ev.budget.within(result, st.base, eps):
+            return result
+        if st.held is None:
+            return None
+        held = st.held.record(plans, st.space)
+        if st.ev.budget.within(held, st.held.base, eps):
+            return None
+        scaled = round((held.lost or 0) * result.images / held.images)
+        return EvalResult(result.correct, result.images, result.macs_saved, result.mispredicted,
+                          lost=max(result.lost or 0, scaled))  # fmt: skip
 
     if start == 0:
         evaluate([None] * len(sites), max(st.options.eps))
@@ -257,8 +274,9 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
             choice = solve(problem, allowed, tau, st.options.milp_seconds)
             if choice is None:
                 break
-            result = evaluate(choice, eps)
-            if st.ev.budget.within(result, st.base, eps):
+            result, plans = evaluate(choice, eps)
+            broke = judged(result, plans, eps)
+            if broke is None:
                 good = allowed
                 if tau > 0 or (bad is not None and bad - good <= 1):
                     break
@@ -272,7 +290,7 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
                     allowed = (good + bad) // 2  # verified: try between it and the last allowance that failed
                 continue
             bad = allowed if tau == 0 else bad
-            following = tighten(allowed, tau, result, scale)
+            following = tighten(allowed, tau, broke, scale)
             if following is None:
                 break
             allowed, tau = following
