@@ -148,6 +148,7 @@ def main() -> None:
                     help="layer (layer quantizer + refine), milp, milp-verify (--milp-verify), comma separated")
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
+    ap.add_argument("--patterns", default="all", help="pattern family: all or permutations")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
     ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
     ap.add_argument("--device", default="cpu")
@@ -158,7 +159,7 @@ def main() -> None:
     if not args.collect:
         ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
         eps = [float(e) for e in args.eps.split(",")]
-        patch = {"patch_size": args.patch_size,
+        patch = {"patch_size": args.patch_size, "patterns": args.patterns,
                  "ones": tuple(int(k) for k in args.ones.split("-")) if args.ones else None}  # fmt: skip
         for calib in (int(c) for c in args.calib.split(",")):
             for mode in args.modes.split(","):
