@@ -36,39 +36,11 @@ def unbits(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
-def outcomes(mode: ModeResult, space, net, spec, x, y, batch_size: int = 500, device="cpu"):
-    """Which images of (x, y) each distinct configuration of ``mode``'s trajectory gets right (steps cut
-    short left out: no rule can pick them): the base's bool array, and per config hash its steps, bool
-    array and MACs saved (% of network, on these images), in trajectory order."""
-    net = net.to(device).eval()
-    for site in net.sites:
-        net.enable(site, False)
-    base_right = right_images(net, x, y, spec, batch_size, device)
-    seen: dict[str, dict] = {}
-    for t in mode.trajectory:
-        if t.result.cut_short:
-            continue
-        plans = mode.plans_by_step[t.step]
-        key = config_hash(plans)
-        if key in seen:
-            seen[key]["steps"].append(t.step)
-            continue
-        for site in net.sites:
-            net.set_mask(site, space.mask(site.index, plans.get(site.index, ())))
-            net.enable(site, True)
-        net.reset_stats()
-        right = right_images(net, x, y, spec, batch_size, device)
-        seen[key] = {"steps": [t.step], "result": t.result, "stage": t.stage, "right": right,
-                     "saved": net.stats().macs_saved_pct_network}  # fmt: skip
-    for site in net.sites:
-        net.enable(site, False)
-    return base_right, seen
-
-
 class Held:
-    """Records (correct, lost) on images the search never evaluated (the verify images), one evaluation
-    per distinct configuration (cached by its hash): ``base`` is no prediction's. ``record(plans, space)``
-    serves ``--milp-verify`` (the milp's rounds judged on them too) and ``held_records`` (``pick``)."""
+    """Which images of (x, y), never evaluated by the search (verify or check images), a configuration
+    gets right: one pass per distinct configuration (cached by its hash); ``base_right`` / ``base`` are
+    no prediction's. ``record(plans, space)`` serves ``--milp-verify`` (the milp's rounds judged on the
+    verify images too) and ``held_records`` (``pick``); ``right`` serves ``outcomes`` (the audit)."""
 
     def __init__(self, net, spec, x, y, batch_size: int = 500, device="cpu"):
         self.net, self.spec, self.x, self.y, self.batch_size, self.device = net, spec, x, y, batch_size, device
@@ -95,6 +67,27 @@ class Held:
     def record(self, plans, space, macs_saved: int = 0) -> EvalResult:
         right = self.right(plans, space)
         return EvalResult(int(right.sum()), len(self.y), macs_saved, 0, lost=int((self.base_right & ~right).sum()))
+
+
+def outcomes(mode: ModeResult, space, net, spec, x, y, batch_size: int = 500, device="cpu"):
+    """Which images of (x, y) each distinct configuration of ``mode``'s trajectory gets right (steps cut
+    short left out: no rule can pick them): the base's bool array, and per config hash its steps, bool
+    array and MACs saved (% of network, on these images), in trajectory order."""
+    held = Held(net, spec, x, y, batch_size, device)
+    seen: dict[str, dict] = {}
+    for t in mode.trajectory:
+        if t.result.cut_short:
+            continue
+        plans = mode.plans_by_step[t.step]
+        key = config_hash(plans)
+        if key in seen:
+            seen[key]["steps"].append(t.step)
+            continue
+        net.reset_stats()
+        right = held.right(plans, space)
+        seen[key] = {"steps": [t.step], "result": t.result, "stage": t.stage, "right": right,
+                     "saved": net.stats().macs_saved_pct_network}  # fmt: skip
+    return held.base_right, seen
 
 
 def held_records(mode: ModeResult, space, held: Held) -> tuple[EvalResult, dict[int, EvalResult]]:
