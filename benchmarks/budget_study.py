@@ -148,7 +148,7 @@ def main() -> None:
                     help="layer (layer quantizer + refine), milp, milp-verify (--milp-verify), comma separated")
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: ones per pattern (default 1 to p*p-1)")
-    ap.add_argument("--patterns", default="all", help="pattern family: all or permutations")
+    ap.add_argument("--patterns", default="all", help="pattern family: all, permutations or permutations+ones")
     ap.add_argument("--collect", action="store_true", help="only read the finished cells")
     ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
     ap.add_argument("--device", default="cpu")

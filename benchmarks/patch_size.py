@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--sizes", default="2,3,4,5")
     ap.add_argument("--ones-cap", type=int, default=3)
-    ap.add_argument("--patterns", default="all", help="all (up to --ones-cap computed) or permutations")
+    ap.add_argument("--patterns", default="all", help="all (up to --ones-cap computed), permutations, or permutations+ones "
+                    "(both: the permutations and up to --ones-cap computed)")
     ap.add_argument("--mode", default="uniform-layer")
     ap.add_argument("--calib", type=int, default=1000)
     ap.add_argument("--eps", default="0,0.5,1,3")
@@ -44,7 +45,7 @@ def main() -> None:
     eps = [float(e) for e in args.eps.split(",")]
     rows = []
     for p in (int(v) for v in args.sizes.split(",")):
-        ones = (1, min(args.ones_cap, p * p - 1)) if args.patterns == "all" else (p, p)
+        ones = (p, p) if args.patterns == "permutations" else (1, min(args.ones_cap, p * p - 1))
         options = SearchOptions(modes=[args.mode], patch_size=p, ones=ones, patterns=args.patterns, calib=args.calib,
                                 eps=eps)  # fmt: skip
         summary = optimize(ctx, options, Path(args.out) / f"p{p}", args.engine)

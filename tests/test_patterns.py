@@ -42,6 +42,15 @@ def test_permutation_family_is_one_computed_position_per_row_and_column(p):
     assert pt.pattern_codes(p, (1, p), "permutations") == codes  # the ones range only has to include p
 
 
+@pytest.mark.parametrize("p, ones", [(2, (1, 1)), (3, (1, 2)), (3, (2, 4)), (4, (1, 1))])
+def test_permutations_plus_ones_is_the_union(p, ones):
+    codes = pt.pattern_codes(p, ones, "permutations+ones")
+    perms = set(pt.pattern_codes(p, family="permutations"))
+    brute = [c for c in range(1, (1 << p * p) - 1) if c in perms or ones[0] <= pt.ones_of(c) <= ones[1]]
+    assert codes == brute  # in increasing code order, each once
+    assert len(codes) == len(perms) + pt.pattern_count(p, ones) - (math.factorial(p) if ones[0] <= p <= ones[1] else 0)
+
+
 def test_diagonal_and_description():
     assert pt.pattern_to_code(pt.diagonal(2)) == 0b1001
     assert pt.pattern_to_code(pt.diagonal(3)) == 0b100010001

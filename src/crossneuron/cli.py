@@ -284,7 +284,8 @@ def optimize(
     ones: Annotated[str | None, typer.Option(help="range of ones per pattern A-B (default 1 to p*p-1)")] = None,
     patterns: Annotated[str, typer.Option(help="pattern family: all (every pattern in the ones range) or "
                                           "permutations (one computed position per row and column, p! patterns: "
-                                          "the 2018 diagonal's share of the patch)")] = "all",
+                                          "the 2018 diagonal's share of the patch), or permutations+ones (both: "
+                                          "the permutations and every pattern in the ones range)")] = "all",
     gt: Annotated[float, typer.Option(help="granularity threshold (0: single patches)")] = 10.0,
     eps: Annotated[str, typer.Option(help="accuracy budgets in points, comma separated")] = "0,0.5,1,3",
     calib: Annotated[int, typer.Option(help="calibration images drawn from val")] = 1000,

@@ -76,28 +76,39 @@ def ones_of(code: int) -> int:
     return bin(code).count("1")
 
 
-FAMILIES = ("all", "permutations")  # --patterns: which patterns a search ranges over
+# --patterns: which patterns a search ranges over; permutations+ones (0.13): the p! permutations and every
+# pattern in the ones range (e.g. --ones 1-2: the diagonal's share or sparser, the search choosing per site)
+FAMILIES = ("all", "permutations", "permutations+ones")
 
 
 def check_family(family: str) -> str:
     if family not in FAMILIES:
-        raise CrossneuronError(f"unknown pattern family '{family}': choose {' or '.join(FAMILIES)}")
+        raise CrossneuronError(f"unknown pattern family '{family}': choose {', '.join(FAMILIES)}")
     return family
+
+
+def _permutation_codes(p: int) -> list[int]:
+    return sorted(sum(1 << (i * p + j) for i, j in enumerate(perm)) for perm in itertools.permutations(range(p)))
 
 
 def pattern_codes(p: int, ones: tuple[int, int] | None = None, family: str = "all") -> list[int]:
     """Every pattern code for patch size ``p`` with a <= ones <= b, in increasing code order. ``family``
     ``permutations`` keeps only the p! patterns that compute exactly one position in every row and every
     column (the 2018 diagonal is one of them: each keeps the diagonal's share 1/p of the patch computed);
-    the ones range must then include p."""
+    the ones range must then include p. ``permutations+ones`` is their union with every pattern in the ones
+    range (which then need not include p)."""
     a, b = check_ones(p, ones)
     n = p * p
-    if check_family(family) == "permutations":
+    family = check_family(family)
+    if family == "permutations":
         if not a <= p <= b:
             raise CrossneuronError(f"pattern family 'permutations' computes {p} positions per patch, outside the "
                                    f"ones range {a}-{b}: widen --ones or drop --patterns")  # fmt: skip
-        return sorted(sum(1 << (i * p + j) for i, j in enumerate(perm)) for perm in itertools.permutations(range(p)))
-    return sorted(sum(1 << i for i in bits) for k in range(a, b + 1) for bits in itertools.combinations(range(n), k))
+        return _permutation_codes(p)
+    in_range = {sum(1 << i for i in bits) for k in range(a, b + 1) for bits in itertools.combinations(range(n), k)}
+    if family == "permutations+ones":
+        in_range.update(_permutation_codes(p))
+    return sorted(in_range)
 
 
 def pattern_count(p: int, ones: tuple[int, int] | None = None) -> int:

@@ -32,7 +32,7 @@ class SearchOptions:
     modes: list[str] = field(default_factory=lambda: ["uniform-layer"])
     patch_size: int = 2
     ones: tuple[int, int] | None = None  # None: 1 .. p*p-1
-    patterns: str = "all"  # pattern family (patterns.FAMILIES): all in the ones range, or permutations; 0.12
+    patterns: str = "all"  # pattern family (patterns.FAMILIES): all in the ones range, permutations (0.12), both (0.13)
     gt: float = 10.0
     eps: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 3.0])
     top_m: int | None = None
