@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--sizes", default="2,3,4,5")
     ap.add_argument("--ones-cap", type=int, default=3)
-    ap.add_argument("--patterns", default="all", help="all (up to --ones-cap computed), permutations, or permutations+ones "
-                    "(both: the permutations and up to --ones-cap computed)")
+    ap.add_argument("--patterns", default="all", help="all (up to --ones-cap computed), permutations, or "
+                    "permutations+ones (both: the permutations and up to --ones-cap computed)")
     ap.add_argument("--mode", default="uniform-layer")
     ap.add_argument("--calib", type=int, default=1000)
     ap.add_argument("--eps", default="0,0.5,1,3")
