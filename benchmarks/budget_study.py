@@ -8,7 +8,7 @@ calibration size, with the MACs saved in each cell.
 
 One run folder per (mode, optimizer, calibration size, rule) under --out, each an ordinary ``optimize``
 run (``--engine``, default fast; uniform-patch screened; ``layer``: the layer quantizer then refine, ``milp``: the milp
-optimiser alone, 20 s per solve), so a killed study resumes where it stopped and a
+optimiser alone, 20 s of HiGHS per solve, ``--milp-seconds``), so a killed study resumes where it stopped and a
 finished cell is never run again; each cell reuses the records of the cells on the same calibration
 images (``optimize(reuse=...)``: same masks, same record). The check images are the same 1,000 val images in every cell.
 ``--collect`` only reads what is there: ``study.json`` and a Markdown table on stdout, per cell
@@ -53,6 +53,7 @@ def run_cell(
     patch: dict | None = None,
     verify: int = 0,
     engine: str = "fast",
+    milp_seconds: float = 20.0,
 ) -> dict:
     """One cell: ``layer`` is the layer quantizer then refine; ``milp`` the milp optimiser alone
     (``milp-verify``: with ``--milp-verify``, each round judged on the verify images too); ``verify``
@@ -62,7 +63,7 @@ def run_cell(
         return json.loads((folder / "summary.json").read_text())
     options = SearchOptions(modes=[mode], calib=calib, budget=budget, eps=eps, refine=optimizer == "layer",
                             screen=mode != "uniform-layer", optimizer=optimizer.removesuffix("-verify"),
-                            milp_seconds=20.0, verify=verify, milp_verify=optimizer == "milp-verify",
+                            milp_seconds=milp_seconds, verify=verify, milp_verify=optimizer == "milp-verify",
                             **(patch or {}))  # fmt: skip
     # the same masks on the same calibration images: records of the other cells are facts here too
     reuse = [f for f in out.glob(f"*-c{calib}-*") if f != folder and (f / "records.sqlite").is_file()]
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--verify", default="0", help="verify images per cell, comma separated (0: none)")
+    ap.add_argument("--milp-seconds", type=float, default=20.0, help="HiGHS's limit per solve (0: exchanges only)")
     ap.add_argument("--rules", help="budget rules to replay on the pooled audits, e.g. net,flips,paired:0.9")
     args = ap.parse_args()
     out = Path(args.out)
@@ -166,7 +168,8 @@ def main() -> None:
                 for optimizer in args.optimizers.split(","):
                     for verify in (int(v) for v in args.verify.split(",")):
                         for budget in args.budgets.split(","):
-                            run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch, verify, args.engine)
+                            run_cell(ctx, out, mode, calib, budget, eps, optimizer, patch, verify, args.engine,
+                                     args.milp_seconds)
     rows = collect(out)
     study = {"checkpoint": args.checkpoint, "rows": rows}
     text = table(rows)

@@ -15,7 +15,7 @@ from crossneuron.result import load_result, result_masks
 from crossneuron.runfolder import calibration, optimize
 from crossneuron.search.budget import get_budget
 from crossneuron.search.engine import NaiveEngine
-from crossneuron.search.milp import Problem, allowed_lost, greedy, solve
+from crossneuron.search.milp import Problem, allowed_lost, exchange, greedy, solve
 from crossneuron.search.options import SearchOptions
 from crossneuron.search.records import EvalResult
 from crossneuron.splits import normalise
@@ -46,6 +46,23 @@ def test_solver_finds_the_brute_force_optimum(seed, allowed, tau):
     assert problem.saved(choice) == best
     start = greedy(problem, allowed, tau)  # solve's floor: feasible, never above the optimum
     assert problem.lost(start, tau) <= allowed and problem.saved(start) <= best
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("allowed,tau", [(0, 0.0), (3, 0.0), (1, 0.5)])
+def test_exchange_ends_where_no_single_or_double_move_improves(seed, allowed, tau):
+    problem = _problem(seed, sites=4)
+    start = greedy(problem, allowed, tau)
+    choice = exchange(problem, start, allowed, tau)
+    assert problem.lost(choice, tau) <= allowed and problem.saved(choice) >= problem.saved(start)
+    rows = [[None, *range(len(m))] for m in problem.macs]  # brute force over every move of one or two sites
+    for s1, s2 in itertools.combinations_with_replacement(range(len(rows)), 2):
+        for k1, k2 in itertools.product(rows[s1], rows[s2]):
+            moved = list(choice)
+            moved[s1], moved[s2] = k1, k2 if s1 != s2 else k1
+            if problem.lost(moved, tau) <= allowed:
+                assert problem.saved(moved) <= problem.saved(choice)
+    assert solve(problem, allowed, tau, time_limit=0) == choice  # without HiGHS: greedy, then exchange
 
 
 def test_allowed_lost_is_the_largest_count_each_rule_accepts():

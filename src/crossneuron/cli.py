@@ -332,7 +332,8 @@ def optimize(
         ),
     ] = "milp",
     milp_rounds: Annotated[int, typer.Option(help="milp: exact verifications (re-solves) per eps at most")] = 6,
-    milp_seconds: Annotated[float, typer.Option(help="milp: the solver's time limit per solve")] = 20.0,
+    milp_seconds: Annotated[float, typer.Option(help="milp: HiGHS's time limit per solve (0: greedy and "
+                                                  "exchanges only, the same on any machine)")] = 20.0,
     combine: Annotated[
         str, typer.Option(help="patch/channel quantizer: slope (MACs per misprediction) or rank (SPEC 6's combiner)")
     ] = "slope",

@@ -53,7 +53,7 @@ class SearchOptions:
     budget: str = "flips"  # "within epsilon" (budget.get_budget): net, flips, ucb[:LEVEL], paired[:LEVEL]; 0.6: flips
     optimizer: str = "milp"  # after the quantizers: layer (SPEC 6's layer quantizer), milp, or both; 0.6: milp
     milp_rounds: int = 6  # milp: exact verifications (and re-solves) per epsilon at most
-    milp_seconds: float = 20.0  # milp: the solver's time limit per solve (the budget study's setting)
+    milp_seconds: float = 20.0  # milp: HiGHS's time limit per solve (the budget study's setting; 0: exchanges only)
     # val images after the calibration images on which pick also asks the budget (0: none; None: the
     # default, ``default_verify``: 1,000 where val holds them beside the calibration and check images; 0.11)
     verify: int | None = None
@@ -91,8 +91,8 @@ class SearchOptions:
         if not chosen or any(o not in OPTIMIZERS for o in chosen) or len(set(chosen)) < len(chosen):
             raise CrossneuronError(f"unknown --optimizer '{self.optimizer}': choose {', '.join(OPTIMIZERS)} or both "
                                    "comma separated")  # fmt: skip
-        if self.milp_rounds < 1 or not (math.isfinite(self.milp_seconds) and self.milp_seconds > 0):
-            raise CrossneuronError(f"--milp-rounds must be >= 1 and --milp-seconds > 0, got {self.milp_rounds} and "
+        if self.milp_rounds < 1 or not (math.isfinite(self.milp_seconds) and self.milp_seconds >= 0):
+            raise CrossneuronError(f"--milp-rounds must be >= 1 and --milp-seconds >= 0, got {self.milp_rounds} and "
                                    f"{self.milp_seconds}")  # fmt: skip
         if self.verify is None and val_size is not None:  # the default, once the val split's size is known
             self.verify = default_verify(val_size, self.calib)
