@@ -141,7 +141,7 @@ def test_replay_picks_what_each_rule_accepts_by_brute_force():
 @pytest.mark.parametrize("args,says", [(["--optimizer", "nosuch"], "unknown --optimizer"),
                                        (["--optimizer", "milp,milp"], "unknown --optimizer"),
                                        (["--milp-rounds", "0"], "--milp-rounds"),
-                                       (["--milp-seconds", "-1"], "--milp-seconds must be >= 0"),
+                                       (["--milp-seconds", "-1"], "--milp-seconds >= 0, got 6 and -1.0"),
                                        (["--budget", "ucb:7"], "confidence level")])  # fmt: skip
 def test_bad_optimizer_options_are_one_clear_line(ckpt, cli, tmp_path, args, says):
     code, out, err = cli("optimize", "--checkpoint", ckpt, "--out", tmp_path / "run", "--calib", "100", *args)
