@@ -43,30 +43,38 @@ def main() -> None:
     args = ap.parse_args()
     ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
     eps = [float(e) for e in args.eps.split(",")]
-    rows = []
+    points = []
     for p in (int(v) for v in args.sizes.split(",")):
         ones = (p, p) if args.patterns == "permutations" else (1, min(args.ones_cap, p * p - 1))
-        options = SearchOptions(modes=[args.mode], patch_size=p, ones=ones, patterns=args.patterns, calib=args.calib,
-                                eps=eps)  # fmt: skip
-        summary = optimize(ctx, options, Path(args.out) / f"p{p}", args.engine)
-        diag = summary["baseline"]["test"]
-        cells = [summary["modes"][args.mode]["eps"][f"{e:g}"] for e in eps]
-        rows.append((p, options.ones, diag, cells, summary["seconds"], summary["evaluations"]))
-        print(f"p {p}: {summary['evaluations']} evaluations, {summary['seconds']:.0f} s", flush=True)
-    print(f"\n{args.checkpoint}, {args.mode}, patterns {args.patterns}, calib {args.calib}, budget {options.budget}, "
-          f"optimizer {options.optimizer}; {platform.machine()}, torch {torch.__version__}\n")  # fmt: skip
-    head = " | ".join(f"eps {e:g}" for e in eps)
-    print(f"| p | ones | diagonal | {head} | oracle | search seconds |")
-    print("|---|---|---|" + "---|" * len(eps) + "---|---|")
-    for p, ones, diag, cells, seconds, _ in rows:
-        body = " | ".join(f"{c['macs_saved_pct_network']:.2f} / {c['test_drop']:.2f}" for c in cells)
-        print(f"| {p} | {ones[0]}-{ones[1]} | {diag['macs_saved_pct_network']:.2f} / {diag['drop']:.2f} | {body} | "
-              f"{cells[0]['oracle_pct_network']:.2f} | {seconds:.0f} |")  # fmt: skip
-    (Path(args.out) / "patch_size.json").write_text(json.dumps(
-        [{"p": p, "ones": list(ones), "patterns": args.patterns, "diagonal": diag, "eps": cells, "seconds": s,
-          "evaluations": n}
-         for p, ones, diag, cells, s, n in rows], indent=2))  # fmt: skip
+        points.append((f"p{p}", SearchOptions(modes=[args.mode], patch_size=p, ones=ones, patterns=args.patterns,
+                                              calib=args.calib, eps=eps)))  # fmt: skip
+    sweep(ctx, args, points, "p", f"patterns {args.patterns}")
 
+
+def sweep(ctx, args, points: list[tuple[str, SearchOptions]], column: str, about: str) -> None:
+    """One resumable search per point into OUT/<label>, then one table (and OUT/<column>.json): per point,
+    MACs saved (% of network, test split) / test drop at every epsilon, the diagonal, the oracle, seconds."""
+    rows = []
+    for label, options in points:
+        summary = optimize(ctx, options, Path(args.out) / label, args.engine)
+        cells = [summary["modes"][args.mode]["eps"][f"{e:g}"] for e in options.eps]
+        rows.append((label, options, summary["baseline"]["test"], cells, summary["seconds"], summary["evaluations"]))
+        print(f"{label}: {summary['evaluations']} evaluations, {summary['seconds']:.0f} s", flush=True)
+    options = points[-1][1]
+    print(f"\n{args.checkpoint}, {args.mode}, {about}, calib {options.calib}, budget {options.budget}, "
+          f"optimizer {options.optimizer}; {platform.machine()}, torch {torch.__version__}\n")  # fmt: skip
+    head = " | ".join(f"eps {e:g}" for e in options.eps)
+    print(f"| {column} | ones | diagonal | {head} | oracle | search seconds |")
+    print("|---|---|---|" + "---|" * len(options.eps) + "---|---|")
+    for label, o, diag, cells, seconds, _ in rows:
+        body = " | ".join(f"{c['macs_saved_pct_network']:.2f} / {c['test_drop']:.2f}" for c in cells)
+        print(f"| {label} | {o.ones[0]}-{o.ones[1]} | {diag['macs_saved_pct_network']:.2f} / {diag['drop']:.2f} | "
+              f"{body} | {cells[0]['oracle_pct_network']:.2f} | {seconds:.0f} |")  # fmt: skip
+    name = "patch_size.json" if column == "p" else f"{column.replace('-', '_')}.json"
+    (Path(args.out) / name).write_text(json.dumps(
+        [{"point": label, "p": o.patch_size, "ones": list(o.ones), "patterns": o.patterns, "zero_below": o.zero_below,
+          "diagonal": diag, "eps": cells, "seconds": s, "evaluations": n}
+         for label, o, diag, cells, s, n in rows], indent=2))  # fmt: skip
 
 if __name__ == "__main__":
     main()

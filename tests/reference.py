@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def predict_loop(x: torch.Tensor, mask: torch.Tensor, p: int):
-    """SPEC 4 by explicit loops. Returns (output, predicted count, mispredicted count)."""
+def predict_loop(x: torch.Tensor, mask: torch.Tensor, p: int, threshold: float = 0.0):
+    """SPEC 4 by explicit loops (a computed position counts as zero when its value is <= ``threshold``).
+    Returns (output, predicted count, mispredicted count)."""
     n, c, h, w = x.shape
     _, hp, wp = mask.shape
     out = x.clone()
@@ -20,7 +21,7 @@ def predict_loop(x: torch.Tensor, mask: torch.Tensor, p: int):
                     def value(i, j, b=b, ch=ch):
                         return float(x[b, ch, i, j]) if i < h and j < w else 0.0  # padding is zero
 
-                    if any(mask[ch, i, j] and value(i, j) != 0 for i, j in cells):
+                    if any(mask[ch, i, j] and value(i, j) > threshold for i, j in cells):
                         continue
                     for i, j in cells:
                         if not mask[ch, i, j] and i < h and j < w:

@@ -325,18 +325,23 @@ def test_screen_check_is_the_rank_correlation_of_its_sample(screened_run):
         assert check["mean_abs_error_points"] == pytest.approx(error)
 
 
-def test_screen_estimates_follow_their_definition(ckpt):
+@pytest.mark.parametrize("zero_below", [0.0, 0.5])
+def test_screen_estimates_follow_their_definition(ckpt, zero_below):
     """Each target's MACs and mispredictions equal the Spatial layer's; its margin change equals
-    -sum(g * a) over the positions the mask predicts, g taken by autograd through an added zero."""
+    -sum(g * a) over the positions the mask predicts, g taken by autograd through an added zero. With
+    site thresholds (``--zero-below``) the same, the computed positions keeping their values."""
     from crossneuron.search.engine import NaiveEngine
     from crossneuron.search.plan import Piece, block_side, plan_mask
     from crossneuron.search.screen import Screen, _margins
     from crossneuron.spatial import predicted_positions
+    from crossneuron.thresholds import apply_thresholds, site_thresholds
 
     ctx = open_checkpoint(ckpt)
     x, y, _ = calibration(ctx, 60, 0)
     x = normalise(x, ctx.spec)
     net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
+    if zero_below:
+        apply_thresholds(net, site_thresholds(net, [(x, None)], zero_below))
     naive = NaiveEngine(net, x, y, 30)
     sides = {s.index: block_side(s.shape[1], s.shape[2], 2, 4) for s in net.sites}
     screen = Screen(net, naive.batches, [1, 6, 9], sides)
@@ -362,7 +367,8 @@ def test_screen_estimates_follow_their_definition(ckpt):
                 exact = naive.evaluate({site.index: mask})
                 est = screen.estimate(site.index, (piece,))
                 assert (est.macs_saved, est.mispredicted) == (exact.macs_saved, exact.mispredicted)
-                zeroed = predicted_positions(acts["a"], mask, 2)
+                zeroed = predicted_positions(acts["a"], mask, 2, net.spatial(site).threshold)
+                assert zero_below == 0 or net.spatial(site).threshold > 0
                 delta = -(grad * acts["a"] * zeroed).flatten(1).sum(1)
                 hit = torch.where(delta == 0, margin.detach() > 0, margin.detach() + delta > 0)
                 assert est.correct == int(hit.sum())

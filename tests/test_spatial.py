@@ -47,6 +47,33 @@ def test_layer_matches_loop_reference(p, shape, device):
     assert total_predicted > 0  # the maps are sparse enough that prediction happens
 
 
+@pytest.mark.parametrize("p, shape", [(2, (3, 4, 8, 8)), (3, (2, 3, 7, 5)), (4, (2, 2, 6, 11))])
+def test_threshold_matches_loop_reference(p, shape):
+    """A site threshold t (``--zero-below``): a patch whose computed positions are all <= t is predicted;
+    its computed positions keep their values, and only its other non-zeros count as mispredicted."""
+    n, c, h, w = shape
+    kept_small = 0
+    for seed in range(3):
+        x = sparse_relu_map(shape, zero_fraction=0.5, seed=seed)
+        mask = _random_mask(c, h, w, p, seed, density=0.3)
+        threshold = 0.2 + 0.1 * seed
+        ref_out, ref_pred, ref_mis = predict_loop(x, mask, p, threshold)
+        layer = Spatial((c, h, w), p, macs_per_output=3)
+        layer.mask.copy_(mask)
+        layer.threshold = threshold
+        out = layer(x.clone())
+        assert torch.equal(out, ref_out)
+        assert layer.counts[:2].tolist() == [ref_pred, ref_mis]
+        assert ref_pred > predict_loop(x, mask, p)[1]  # the threshold predicts more than exact zeros do
+        kept_small += int(((out > 0) & (out <= threshold) & mask[:, :h, :w]).sum())
+        # the same rule where gradients flow (training) and in predicted_positions
+        grad_out = layer(x.clone().requires_grad_(True))
+        assert torch.equal(grad_out.detach(), ref_out)
+        pos = predicted_positions(x, mask, p, threshold)
+        assert torch.equal(x.masked_fill(pos, 0), ref_out) and int(pos.sum()) == ref_pred * 1
+    assert kept_small > 0  # some predicted patches kept small non-zero computed values
+
+
 def test_statistics_accumulate_until_reset():
     x = sparse_relu_map((2, 3, 6, 6), seed=4)
     layer = Spatial((3, 6, 6), 2, 1)

@@ -35,11 +35,12 @@ from .fsutil import atomic_write, folder_lock, output_folder, write_json
 from .net import attach
 from .patterns import diagonal
 from .report.load import Run, _json, load_run, strategy
-from .result import result_masks
+from .result import result_masks, result_thresholds
 from .runfolder import calibration
 from .search.budget import get_budget
 from .snapea import measure as snapea_measure
 from .splits import normalise
+from .thresholds import apply_thresholds
 from .zap import RATES, THRESHOLDS, Zap, pick, rate_grid, threshold_grid
 from .zap import evaluate as zap_evaluate
 
@@ -144,10 +145,12 @@ def snapea_part(run: Run, ctx, folder: Path, options: dict, log=print) -> dict:
            "eligible": sum(s.eligible for s in alone.sites), "sites": len(alone.sites),
            "not_eligible": {s.name: s.why for s in alone.sites if not s.eligible}, "combined": {}}  # fmt: skip
     log(f"SnaPEA exact alone: {out['alone']:.2f}% of network MACs on {len(x)} test images")
-    configs = [("diagonal", {s.index: diagonal(p) for s in net.sites})]
+    configs = [("diagonal", {s.index: diagonal(p) for s in net.sites}, {})]
     mode = run.headline()[0]  # the mode saving the most at the largest epsilon, at every epsilon
-    configs += [(f"{mode} eps {eps:g}", result_masks(net, res)) for eps, res in sorted(run.results[mode].items())]
-    for name, masks in configs:
+    configs += [(f"{mode} eps {eps:g}", result_masks(net, res), result_thresholds(res))
+                for eps, res in sorted(run.results[mode].items())]  # fmt: skip
+    for name, masks, thresholds in configs:
+        apply_thresholds(net, thresholds)
         for site in net.sites:
             net.set_mask(site, masks.get(site.index))
         net.reset_stats()

@@ -168,6 +168,17 @@ class PredictiveNet(nn.Module):
         layer = self.spatial(key)
         layer.mask.copy_(full)
 
+    def set_threshold(self, key: int | str | Site, value: float) -> None:
+        """A computed position of this site counts as zero when at most ``value`` (0: exactly zero)."""
+        value = float(value)
+        if not (value >= 0 and value < float("inf")):
+            raise CrossneuronError(f"threshold for site '{self.site(key).name}' must be finite and >= 0, got {value}")
+        self.spatial(key).threshold = value
+
+    def thresholds(self) -> dict[str, float]:
+        """Every site's threshold by site name (0: exactly zero, SPEC 4)."""
+        return {s.name: self.spatial(s).threshold for s in self.sites}
+
     def masks(self) -> dict[str, torch.Tensor]:
         """Every site's full mask by site name (views of the buffers)."""
         return {s.name: self.spatial(s).mask for s in self.sites}

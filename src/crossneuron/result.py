@@ -26,6 +26,7 @@ from .macs import pct
 from .net import PredictiveNet, attach
 from .search.plan import SitePlan, block_grid, plan_from_json, plan_json, plan_mask
 from .search.records import EvalResult
+from .thresholds import apply_thresholds
 
 
 @dataclass
@@ -140,8 +141,20 @@ def load_result(path: str | Path) -> Result:
 
 # -- masks -------------------------------------------------------------------------------------
 def masks_json(net: PredictiveNet, plans: dict[int, SitePlan], sides: dict[int, int]) -> dict:
-    """Per site name: block side and pieces [channel or null, block or null, pattern code]."""
-    return {s.name: {"side": sides[s.index], "pieces": plan_json(plans.get(s.index, ()))} for s in net.sites}
+    """Per site name: block side and pieces [channel or null, block or null, pattern code], and the site's
+    threshold where it has one (0.14, ``--zero-below``: a computed value at most this counts as zero)."""
+    out = {}
+    for s in net.sites:
+        entry = {"side": sides[s.index], "pieces": plan_json(plans.get(s.index, ()))}
+        if net.spatial(s).threshold > 0:
+            entry["threshold"] = net.spatial(s).threshold
+        out[s.name] = entry
+    return out
+
+
+def result_thresholds(result: Result) -> dict[str, float]:
+    """Per site name: the threshold its masks were searched with (0: exactly zero, SPEC 4)."""
+    return {name: float(entry.get("threshold", 0.0)) for name, entry in result.masks.items()}
 
 
 def result_masks(net: PredictiveNet, result: Result) -> dict[int, torch.Tensor | None]:
@@ -168,10 +181,12 @@ def result_masks(net: PredictiveNet, result: Result) -> dict[int, torch.Tensor |
 
 
 def apply_result(net: PredictiveNet, result: Result) -> dict[int, torch.Tensor | None]:
-    """Set every site's mask of ``net`` to the result's (no prediction where it has none); returns them."""
+    """Set every site's mask and threshold of ``net`` to the result's (no prediction where it has none);
+    returns the masks."""
     masks = result_masks(net, result)
     for index, mask in masks.items():
         net.set_mask(index, mask)
+    apply_thresholds(net, result_thresholds(result))
     return masks
 
 
@@ -186,14 +201,17 @@ def attach_result(model: torch.nn.Module, input_shape, result: Result) -> Predic
 
 
 def export_masks(path: str | Path, net: PredictiveNet, masks: dict[int, torch.Tensor | None]) -> None:
-    """Full masks by site name (sites without prediction are all True) as safetensors."""
+    """Full masks by site name (sites without prediction are all True) as safetensors; where a site has a
+    threshold (``--zero-below``), the metadata's ``thresholds`` holds them all as JSON by site name."""
     tensors = {
         s.name: (masks.get(s.index) if masks.get(s.index) is not None else torch.ones_like(net.spatial(s).mask))
         .cpu()
         .contiguous()
         for s in net.sites
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    thresholds = net.thresholds()
+    meta = {"thresholds": json.dumps(thresholds)} if any(thresholds.values()) else None
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def verify_json(held: tuple[EvalResult, dict[int, EvalResult]], step: int, images_hash: str) -> dict:
@@ -221,4 +239,5 @@ def trajectory_json(net: PredictiveNet, units: list[list[int]], trajectory, base
     ]
 
 
-__all__ = ["Result", "apply_result", "attach_result", "load_result", "result_masks", "write_result"]
+__all__ = ["Result", "apply_result", "attach_result", "load_result", "result_masks", "result_thresholds",
+           "write_result"]

@@ -31,6 +31,7 @@ from .search.ray_engine import RayBackend
 from .search.run import MODES, ModeResult, Search, SearchOptions, coupled_units
 from .search.store import Store, reusable_records
 from .splits import indices_hash, normalise
+from .thresholds import apply_thresholds, site_thresholds
 
 ENGINES = {"naive": NaiveEngine, "fast": FastEngine, "batched": BatchedEngine}
 
@@ -87,6 +88,10 @@ def make_engine(name: str, ctx: Context, options: SearchOptions, backend: RayBac
     net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
     coupled_units(net, options.couple)  # a bad --couple fails before the engine's base pass
     x, y = normalise(x, ctx.spec).to(ctx.device), y.to(ctx.device)
+    if options.zero_below:  # before any engine pass: Ray ships the net with its thresholds
+        bs = options.batch_size
+        apply_thresholds(net, site_thresholds(net, [(x[i : i + bs], None) for i in range(0, len(y), bs)],
+                                              options.zero_below))  # fmt: skip
     if backend is not None:
         from .search.ray_engine import RayEngine
 
@@ -117,7 +122,8 @@ def diagonal_baseline(search: Search, ctx: Context, options: SearchOptions, test
     }
 
 
-REUSE_SAME = ("weights_hash", "val_hash", "calib_hash", "options.patch_size", "options.gt", "options.batch_size")
+REUSE_SAME = ("weights_hash", "val_hash", "calib_hash", "options.patch_size", "options.gt", "options.batch_size",
+              "options.zero_below")  # absent (0) in identities before 0.14 and at 0
 
 
 def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name: str = "naive", progress=None,
@@ -150,6 +156,7 @@ def optimize(ctx: Context, options: SearchOptions, out: str | Path, engine_name:
             store.reuse(reused)
             t0 = time.perf_counter()
             test_net = attach(ctx.model, ctx.spec.input_shape, options.patch_size)
+            apply_thresholds(test_net, net.thresholds())
             x_verify, y_verify, verify_hash = verify_images(ctx, options.calib, options.verify, options.seed) \
                 if options.verify else (None, None, None)  # fmt: skip
             held = Held(test_net, ctx.spec, x_verify, y_verify, options.batch_size, ctx.device) \

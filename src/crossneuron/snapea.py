@@ -222,7 +222,7 @@ def measure(net: PredictiveNet, x: torch.Tensor, period: int = 1, batch_size: in
             layer = net.spatial(site.index)
             computed = torch.ones_like(z, dtype=torch.bool)
             if layer.predicting:
-                computed = ~predicted_positions(cap.values[act.name], layer.mask, p)
+                computed = ~predicted_positions(cap.values[act.name], layer.mask, p, layer.threshold)
             xin = F.pad(cap.values[main.node.args[0].name].double(), main.pad)
             c_out, cin_g = main.weight.shape[:2]
             per_group = c_out // main.groups

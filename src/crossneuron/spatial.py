@@ -3,6 +3,10 @@
 For every image, channel and p x p patch of the zero-padded map: if every position where the
 mask is True holds zero, the positions where it is False are set to zero (predicted). Vectorised:
 no Python loop over images, channels or patches.
+
+With a site threshold t > 0 (0.14, ``--zero-below``; README "Zero tolerance") a computed position
+counts as zero when its value is at most t: a patch whose computed positions are all <= t has its
+other positions set to zero, while its computed positions keep their (small) values.
 """
 
 from __future__ import annotations
@@ -59,10 +63,11 @@ def expand_patches(patches: torch.Tensor, p: int, h: int, w: int) -> torch.Tenso
     return full[:, :, :h, :w]
 
 
-def predicted_positions(x: torch.Tensor, mask: torch.Tensor, p: int) -> torch.Tensor:
-    """Bool (N, C, H, W): the positions of ``x`` that ``mask`` (C, Hp, Wp) predicts to be zero."""
+def predicted_positions(x: torch.Tensor, mask: torch.Tensor, p: int, threshold: float = 0.0) -> torch.Tensor:
+    """Bool (N, C, H, W): the positions of ``x`` that ``mask`` (C, Hp, Wp) predicts to be zero (a computed
+    position counts as zero when at most ``threshold``)."""
     h, w = x.shape[-2:]
-    patches = predict_patches(x != 0, mask, p)
+    patches = predict_patches(x > threshold if threshold > 0 else x != 0, mask, p)
     return expand_patches(patches, p, h, w) & ~mask[:, :h, :w]
 
 
@@ -95,6 +100,9 @@ class Spatial(nn.Module):
         self.register_buffer("mask", torch.ones(c, hp, wp, dtype=torch.bool))
         # predicted positions, mispredicted positions, zero positions (oracle), images
         self.register_buffer("counts", torch.zeros(4, dtype=torch.int64), persistent=False)
+        # a computed position counts as zero when its value is at most this (0: exactly zero, SPEC 4; 0.14:
+        # ``--zero-below``, ``thresholds.py``); a plain float, set by ``PredictiveNet.set_threshold``
+        self.threshold = 0.0
         self._checked_version: tuple[int, bool] | None = None
         self._derived_for = None
 
@@ -135,29 +143,37 @@ class Spatial(nn.Module):
             offsets, weight = self._derived()
             # Work on the p*p strided sub-grids x[..., i::p, j::p]: each holds one position of
             # every patch, so patch-wide ORs and counts are element-wise ops on small tensors.
+            tolerant = self.threshold > 0
             computed = None
             nonzero = None  # per patch, the number of non-zero positions (uint8, <= p*p)
+            kept = None  # tolerant: per patch, the non-zero computed positions (they keep their values)
             nonzero_map = _pad_to(x.bool(), *self.mask.shape[1:])  # x != 0, a faster kernel
+            above_map = _pad_to(x > self.threshold, *self.mask.shape[1:]) if tolerant else nonzero_map
             for off in offsets:
                 nz = nonzero_map[:, :, off.i :: p, off.j :: p]
                 nonzero = nz.view(torch.uint8) if nonzero is None else nonzero + nz.view(torch.uint8)
                 if off.computed is not None:
-                    hit = nz if off.computed is True else nz & off.computed
+                    above = above_map[:, :, off.i :: p, off.j :: p]
+                    hit = above if off.computed is True else above & off.computed
                     computed = hit if computed is None else computed | hit
+                    if tolerant:
+                        on = (nz if off.computed is True else nz & off.computed).view(torch.uint8)
+                        kept = on if kept is None else kept + on
             predict = torch.ones_like(nonzero, dtype=torch.bool) if computed is None else ~computed
             as_int = predict.view(torch.uint8)
             self.counts[0] += _count(as_int * weight)
             if self.channel_macs is not None:
                 self.mac_counts[0] += ((as_int * weight).sum((0, 2, 3), dtype=torch.int64) * self.channel_macs).sum()
-            # in a predicted patch every computed position is zero: its non-zeros are all mispredicted
-            wrong = as_int * nonzero
+            # in a predicted patch the non-zeros of its positions that are not computed are mispredicted: with
+            # no threshold every computed position there is zero, so that is all of its non-zeros
+            wrong = as_int * (nonzero if kept is None else nonzero - kept)
             self.counts[1] += _count(wrong)
             if self.count_zeros:
                 self.counts[2] += x.numel() - _count(nonzero)
                 if self.channel_macs is not None:
                     self._zero_macs(nonzero.sum((0, 2, 3), dtype=torch.int64), x.shape[0])
-        if torch.is_grad_enabled() and x.requires_grad:  # training: predicted positions pass no gradient
-            h, w = self.shape[1:]
+        if tolerant or (torch.is_grad_enabled() and x.requires_grad):  # training: predicted positions pass no
+            h, w = self.shape[1:]  # gradient; with a threshold the computed positions keep their small values
             fill = expand_patches(predict, p, h, w) & ~self.mask[:, :h, :w]
             return x.masked_fill(fill, 0)
         # Zeroing a whole predicted patch is the prediction (its computed positions are zero

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import CrossneuronError
 from ..patterns import check_ones, pattern_codes
+from ..thresholds import check_zero_below
 from .budget import get_budget
 from .modes import parse_modes
 from .quantize import COMBINERS, MOVE_ORDERS
@@ -60,6 +61,9 @@ class SearchOptions:
     # milp: each round's choice must keep the budget on the verify images too (0.12; off: the verify
     # images only judge pick's final choice)
     milp_verify: bool = False
+    # a computed position counts as zero when at most this fraction of its site's mean positive activation on the
+    # calibration images (0.14, ``thresholds.py``; 0: exactly zero, SPEC 4)
+    zero_below: float = 0.0
 
     def check(self, val_size: int | None = None) -> None:
         self.modes = parse_modes(self.modes)
@@ -104,6 +108,7 @@ class SearchOptions:
         if self.milp_verify and (val_size is not None and not self.verify or "milp" not in self.optimizers):
             raise CrossneuronError("--milp-verify needs the milp optimiser and verify images (--verify N > 0, "
                                    f"got {self.verify!r}; optimiser {self.optimizer})")  # fmt: skip
+        self.zero_below = check_zero_below(self.zero_below)
         if self.baseline is not None and self.baseline not in BASELINES:
             raise CrossneuronError(f"unknown baseline '{self.baseline}': choose {', '.join(BASELINES)} or None")
 
@@ -120,7 +125,7 @@ class SearchOptions:
         d["ones"] = list(self.ones) if self.ones else None
         if not self.verify:  # added in 0.10: run folders without verify images keep their identity (and resume)
             del d["verify"]
-        for key, default in (("patterns", "all"), ("milp_verify", False)):  # added in 0.12, likewise
+        for key, default in (("patterns", "all"), ("milp_verify", False), ("zero_below", 0.0)):  # 0.12, 0.14
             if d[key] == default:
                 del d[key]
         return d

@@ -110,18 +110,24 @@ class Screen:
         A patch is predicted where none of the pattern's computed positions is non-zero: with each
         patch's non-zero positions as bits (bit ``i * p + j``, the pattern codes' own order), where
         ``nonzero & code == 0``. Its computed positions are then zero, so their ``g * a`` is 0 and the
-        margin moves by the whole patch's ``-sum(g * a)``; its mispredictions are all its non-zeros."""
+        margin moves by the whole patch's ``-sum(g * a)``; its mispredictions are all its non-zeros.
+
+        With a site threshold t (``--zero-below``) the bits mark the positions above t, and the computed
+        positions keep their values: their ``g * a`` and non-zeros are taken out of the patch's."""
         _, hp, wp = self.net.spatial(site).mask.shape
+        threshold = self.net.spatial(site).threshold
         h, w = a.shape[-2:]
         pad = (0, wp - w, 0, hp - h)
         nz = F.pad(a != 0, pad)
+        above = F.pad(a > threshold, pad) if threshold > 0 else nz
         ga = F.pad(g * a, pad)
         real = F.pad(torch.ones(h, w, dtype=torch.int64, device=a.device), pad)
         bits = count = ga_patch = 0
         for i in range(p):
             for j in range(p):
                 nzs = nz[..., i::p, j::p].to(torch.int32)
-                bits, count, ga_patch = bits + (nzs << (i * p + j)), count + nzs, ga_patch + ga[..., i::p, j::p]
+                ab = above[..., i::p, j::p].to(torch.int32)
+                bits, count, ga_patch = bits + (ab << (i * p + j)), count + nzs, ga_patch + ga[..., i::p, j::p]
         per_block = side // p
         channel_macs = torch.tensor(site.per_channel, device=a.device)[:, None]  # (C, 1): MACs per output
         deltas, macs, wrong = [], [], []
@@ -129,9 +135,14 @@ class Screen:
             pattern = code_to_pattern(code, p)
             real_sum = sum(real[i::p, j::p] for i in range(p) for j in range(p) if not pattern[i, j])
             pred = (bits & code) == 0
-            deltas.append(self._kept(_block_sum(-(pred * ga_patch), per_block)))
+            moved, lost = ga_patch, count
+            if threshold > 0:  # the computed positions keep their values
+                on = [(i, j) for i in range(p) for j in range(p) if pattern[i, j]]
+                moved = ga_patch - sum(ga[..., i::p, j::p] for i, j in on)
+                lost = count - sum(nz[..., i::p, j::p].to(torch.int32) for i, j in on)
+            deltas.append(self._kept(_block_sum(-(pred * moved), per_block)))
             macs.append(self._kept(_block_sum(pred.sum(0) * real_sum, per_block) * channel_macs))
-            wrong.append(self._kept(_block_sum((pred * count).sum(0), per_block)))
+            wrong.append(self._kept(_block_sum((pred * lost).sum(0), per_block)))
         return torch.stack(deltas).float(), torch.stack(macs), torch.stack(wrong)
 
     def _kept(self, t: torch.Tensor) -> torch.Tensor:
