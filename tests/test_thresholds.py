@@ -108,3 +108,11 @@ def test_results_carry_the_thresholds_and_reproduce_on_the_test_split(tolerant_r
 def test_zero_below_is_part_of_the_identity_only_when_set():
     assert "zero_below" not in SearchOptions().identity()  # run folders before 0.14 keep theirs (and resume)
     assert SearchOptions(zero_below=0.25).identity()["zero_below"] == 0.25
+
+
+def test_the_report_table_says_the_rule_changed(tolerant_run):
+    from crossneuron.report.load import load_run
+    from crossneuron.report.tables import markdown
+
+    _, _, out, _ = tolerant_run
+    assert "Zero tolerance (--zero-below 0.3)" in markdown(load_run(out))

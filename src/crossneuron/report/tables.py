@@ -62,7 +62,10 @@ def markdown(run: Run) -> str:
         "MACs saved on the test split in % of network MACs (in brackets: % of site MACs, the 2019 denominator); "
         f"'/ x' is the test accuracy drop in points. eps is the budget (rule '{budget}') on the calibration images; "
         f"'-' where the run did not ask for it. Oracle: {r.oracle_pct_network:.2f} ({r.oracle_pct_sites:.2f}). "
-        f"Test images: {r.test_images}, no-prediction test accuracy {r.test_base_accuracy:.2f}%.",
+        f"Test images: {r.test_images}, no-prediction test accuracy {r.test_base_accuracy:.2f}%."
+        + (f" Zero tolerance (--zero-below {r.options['zero_below']:g}): a computed value at most that fraction of "
+           "its site's mean positive activation counts as zero (not SPEC 4's exact rule)."
+           if r.options.get("zero_below") else ""),
         "",
     ]
     lines += _markdown_table(*drops_rows(run))
