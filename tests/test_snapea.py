@@ -107,3 +107,11 @@ def test_snapea_combined_with_masks_counts_only_computed_positions_and_never_mor
     with pytest.raises(ValueError, match="period"):
         measure(net, x, period=0)
     assert [s.eligible for s, _ in plan(net)] == [False, True, True]
+    # with a site threshold (--zero-below) SnaPEA still counts exactly the positions the layer computes
+    positions = x.shape[0] * 5 * 36
+    net.set_threshold("relu@1", 0.3)
+    net.reset_stats()
+    tolerant = measure(net, x)
+    site = net.stats().per_site[1]
+    assert tolerant.sites[1].computed == positions - site.predicted
+    assert tolerant.sites[1].computed < both.sites[1].computed  # it predicts more than the exact rule
