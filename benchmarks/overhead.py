@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--checkpoint", help="use this checkpoint and its first test images instead of random ones")
     ap.add_argument("--data-root")
+    ap.add_argument("--zero-below", type=float, default=0.0,
+                    help="site thresholds (0.14): F x each site's mean positive activation on these images")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -45,6 +47,10 @@ def main() -> None:
     net = cn.attach(model, shape, patch_size=2).eval()
     for site in net.sites:
         net.set_mask(site, cn.diagonal(2))
+    if args.zero_below:
+        from crossneuron.thresholds import apply_thresholds, site_thresholds
+
+        apply_thresholds(net, site_thresholds(net, [(x, None) for x in batches], args.zero_below))
 
     def timed(fn, x):
         if args.device.startswith("cuda"):
@@ -76,6 +82,7 @@ def main() -> None:
     print(
         f"images: {n}, batch {args.batch}, "
         + (f"checkpoint {args.checkpoint}" if args.checkpoint else f"random, CIFAR ResNet-18 width {args.width}")
+        + (f", --zero-below {args.zero_below:g}" if args.zero_below else "")
     )
     print(f"plain forward:     {plain:8.2f} s  ({n / plain:7.1f} images/s)")
     print(f"diagonal at all {len(net.sites)}: {predicted:8.2f} s  ({n / predicted:7.1f} images/s)")
