@@ -50,7 +50,7 @@ def main() -> None:
     if args.zero_below:
         from crossneuron.thresholds import apply_thresholds, site_thresholds
 
-        apply_thresholds(net, site_thresholds(net, [(x, None) for x in batches], args.zero_below))
+        apply_thresholds(net, site_thresholds(net, torch.cat(batches), args.zero_below, args.batch))
 
     def timed(fn, x):
         if args.device.startswith("cuda"):

@@ -26,23 +26,34 @@ from crossneuron.runfolder import optimize
 from crossneuron.search.options import SearchOptions
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def sweep_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every sweep shares (checkpoint, out, data, mode, calibration, eps, engine, device)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--data-root")
-    ap.add_argument("--sizes", default="2,3,4,5")
-    ap.add_argument("--ones-cap", type=int, default=3)
-    ap.add_argument("--patterns", default="all", help="all (up to --ones-cap computed), permutations, or "
-                    "permutations+ones (both: the permutations and up to --ones-cap computed)")
     ap.add_argument("--mode", default="uniform-layer")
     ap.add_argument("--calib", type=int, default=1000)
     ap.add_argument("--eps", default="0,0.5,1,3")
     ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
     ap.add_argument("--device", default="cpu")
+    return ap
+
+
+def open_sweep(ap: argparse.ArgumentParser):
+    """Parsed arguments, the checkpoint's context and the epsilons."""
     args = ap.parse_args()
     ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
-    eps = [float(e) for e in args.eps.split(",")]
+    return args, ctx, [float(e) for e in args.eps.split(",")]
+
+
+def main() -> None:
+    ap = sweep_parser(__doc__)
+    ap.add_argument("--sizes", default="2,3,4,5")
+    ap.add_argument("--ones-cap", type=int, default=3)
+    ap.add_argument("--patterns", default="all", help="all (up to --ones-cap computed), permutations, or "
+                    "permutations+ones (both: the permutations and up to --ones-cap computed)")
+    args, ctx, eps = open_sweep(ap)
     points = []
     for p in (int(v) for v in args.sizes.split(",")):
         ones = (p, p) if args.patterns == "permutations" else (1, min(args.ones_cap, p * p - 1))

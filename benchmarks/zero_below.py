@@ -11,31 +11,18 @@ with the test drop beside it, the 2018 diagonal (at F) and the oracle. F = 0 is 
 
 from __future__ import annotations
 
-import argparse
+from patch_size import open_sweep, sweep, sweep_parser
 
-from patch_size import sweep
-
-from crossneuron.context import open_checkpoint
 from crossneuron.search.options import SearchOptions
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--data-root")
+    ap = sweep_parser(__doc__)
     ap.add_argument("--fractions", default="0,0.1,0.25,0.5")
     ap.add_argument("--patch-size", type=int, default=2)
     ap.add_argument("--ones", help="A-B: computed positions per pattern (default 1 to p*p-1)")
     ap.add_argument("--patterns", default="all", help="all, permutations or permutations+ones")
-    ap.add_argument("--mode", default="uniform-layer")
-    ap.add_argument("--calib", type=int, default=1000)
-    ap.add_argument("--eps", default="0,0.5,1,3")
-    ap.add_argument("--engine", default="fast", help="naive, fast or batched (on a GPU: batched)")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    ctx = open_checkpoint(args.checkpoint, args.data_root, device=args.device)
-    eps = [float(e) for e in args.eps.split(",")]
+    args, ctx, eps = open_sweep(ap)
     ones = tuple(int(v) for v in args.ones.split("-")) if args.ones else None
     points = [(f"zb{f:g}", SearchOptions(modes=[args.mode], patch_size=args.patch_size, ones=ones,
                                          patterns=args.patterns, calib=args.calib, eps=eps, zero_below=f))

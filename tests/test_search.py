@@ -341,7 +341,7 @@ def test_screen_estimates_follow_their_definition(ckpt, zero_below):
     x = normalise(x, ctx.spec)
     net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
     if zero_below:
-        apply_thresholds(net, site_thresholds(net, [(x, None)], zero_below))
+        apply_thresholds(net, site_thresholds(net, x, zero_below))
     naive = NaiveEngine(net, x, y, 30)
     sides = {s.index: block_side(s.shape[1], s.shape[2], 2, 4) for s in net.sites}
     screen = Screen(net, naive.batches, [1, 6, 9], sides)

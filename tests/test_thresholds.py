@@ -28,7 +28,7 @@ def _calib(ckpt, images=100):
 def test_site_thresholds_are_the_fraction_of_each_sites_mean_positive_value(ckpt):
     ctx, x, _ = _calib(ckpt)
     net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
-    got = site_thresholds(net, [(x[:37], None), (x[37:], None)], 0.3)  # batching does not matter
+    got = site_thresholds(net, x, 0.3, batch_size=37)  # batching does not matter
     acts = run_capturing(net, x)  # no prediction anywhere: the masks are all true
     for s in net.sites:
         a = acts[s.index].double()
@@ -54,7 +54,7 @@ def test_the_fast_and_batched_engines_equal_naive_with_thresholds(ckpt):
     engines = []
     for kind in (NaiveEngine, FastEngine, BatchedEngine):
         net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
-        apply_thresholds(net, site_thresholds(net, [(x, None)], 0.5))
+        apply_thresholds(net, site_thresholds(net, x, 0.5))
         engines.append(kind(net, x, y, 50))
     naive, fast, batched = engines
     exact = cn.attach(ctx.model, ctx.spec.input_shape, 2)  # the same masks with no threshold
@@ -86,7 +86,7 @@ def test_results_carry_the_thresholds_and_reproduce_on_the_test_split(tolerant_r
     ctx, options, out, _ = tolerant_run
     _, x, _ = _calib(ctx.path, options.calib)
     net = cn.attach(ctx.model, ctx.spec.input_shape, 2)
-    want = {s.name: t for s, t in zip(net.sites, site_thresholds(net, [(x, None)], 0.3).values(), strict=True)}
+    want = {s.name: t for s, t in zip(net.sites, site_thresholds(net, x, 0.3).values(), strict=True)}
     x_test, y_test = ctx.data("test")
     saved = 0.0
     for eps in (1.0, 5.0):

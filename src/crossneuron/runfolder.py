@@ -89,9 +89,7 @@ def make_engine(name: str, ctx: Context, options: SearchOptions, backend: RayBac
     coupled_units(net, options.couple)  # a bad --couple fails before the engine's base pass
     x, y = normalise(x, ctx.spec).to(ctx.device), y.to(ctx.device)
     if options.zero_below:  # before any engine pass: Ray ships the net with its thresholds
-        bs = options.batch_size
-        apply_thresholds(net, site_thresholds(net, [(x[i : i + bs], None) for i in range(0, len(y), bs)],
-                                              options.zero_below))  # fmt: skip
+        apply_thresholds(net, site_thresholds(net, x, options.zero_below, options.batch_size))
     if backend is not None:
         from .search.ray_engine import RayEngine
 

@@ -31,27 +31,27 @@ def check_zero_below(fraction: float) -> float:
 
 @full_fp32()
 @torch.inference_mode()
-def site_thresholds(net: PredictiveNet, batches, fraction: float) -> dict[int, float]:
-    """Per site index: ``fraction`` x the mean of the site's positive values over ``batches`` ((images,
-    labels) on the net's device), with no prediction at any site. A site with no positive value gets 0."""
+def site_thresholds(net: PredictiveNet, images: torch.Tensor, fraction: float,
+                    batch_size: int = 500) -> dict[int, float]:  # fmt: skip
+    """Per site index: ``fraction`` x the mean of the site's positive values over ``images`` (normalised, on the
+    net's device), with no prediction at any site. A site with no positive value gets 0."""
     fraction = check_zero_below(fraction)
     sums = {s.index: torch.zeros((), dtype=torch.float64) for s in net.sites}
     counts = {s.index: 0 for s in net.sites}
 
-    def hook(module, args, index):
-        x = args[0]
+    def hook(index, x):
         positive = x[x > 0]
         sums[index] += positive.sum(dtype=torch.float64).cpu()
         counts[index] += positive.numel()
 
     was = {s.index: net.spatial(s).enabled for s in net.sites}
-    hooks = [net.spatial(s).register_forward_pre_hook(lambda m, a, i=s.index: hook(m, a, i)) for s in net.sites]
+    hooks = [net.spatial(s).register_forward_pre_hook(lambda m, a, i=s.index: hook(i, a[0])) for s in net.sites]
     try:
         for s in net.sites:
             net.enable(s, False)
         net.eval()
-        for x, _ in batches:
-            net(x)
+        for batch in images.split(batch_size):
+            net(batch)
     finally:
         for h in hooks:
             h.remove()

@@ -123,11 +123,12 @@ class Screen:
         ga = F.pad(g * a, pad)
         real = F.pad(torch.ones(h, w, dtype=torch.int64, device=a.device), pad)
         bits = count = ga_patch = 0
+        nz_at, ga_at = {}, {}  # per position (i, j) of the patch: its sub-grid of non-zeros and of g * a
         for i in range(p):
             for j in range(p):
-                nzs = nz[..., i::p, j::p].to(torch.int32)
-                ab = above[..., i::p, j::p].to(torch.int32)
-                bits, count, ga_patch = bits + (ab << (i * p + j)), count + nzs, ga_patch + ga[..., i::p, j::p]
+                nz_at[i, j], ga_at[i, j] = nz[..., i::p, j::p].to(torch.int32), ga[..., i::p, j::p]
+                ab = above[..., i::p, j::p].to(torch.int32) if threshold > 0 else nz_at[i, j]
+                bits, count, ga_patch = bits + (ab << (i * p + j)), count + nz_at[i, j], ga_patch + ga_at[i, j]
         per_block = side // p
         channel_macs = torch.tensor(site.per_channel, device=a.device)[:, None]  # (C, 1): MACs per output
         deltas, macs, wrong = [], [], []
@@ -138,8 +139,8 @@ class Screen:
             moved, lost = ga_patch, count
             if threshold > 0:  # the computed positions keep their values
                 on = [(i, j) for i in range(p) for j in range(p) if pattern[i, j]]
-                moved = ga_patch - sum(ga[..., i::p, j::p] for i, j in on)
-                lost = count - sum(nz[..., i::p, j::p].to(torch.int32) for i, j in on)
+                moved = ga_patch - sum(ga_at[ij] for ij in on)
+                lost = count - sum(nz_at[ij] for ij in on)
             deltas.append(self._kept(_block_sum(-(pred * moved), per_block)))
             macs.append(self._kept(_block_sum(pred.sum(0) * real_sum, per_block) * channel_macs))
             wrong.append(self._kept(_block_sum((pred * lost).sum(0), per_block)))
