@@ -9,8 +9,8 @@ Every strategy is one ``crossneuron retrain`` into OUT/<strategy>-e<epochs> (res
 kill; a finished strategy is read back, never trained again). ``--rounds N`` adds N search-retrain rounds
 with distillation and the predictability term (OUT/rounds-e<epochs>). Then one table (also OUT/retrain_study.md
 and .json): per strategy, the test accuracy with the masks, its drop against the *original* model, MACs
-saved (% of network, test split), the oracle after retraining, the mispredicted share and the wall time,
-with the masks on the original model as the first row.
+saved (% of network, test split), the oracle after retraining, the mispredicted share and the retraining
+wall time (a round's search not included), with the masks on the original model as the first row.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def row(label: str, numbers: dict, original: float, epochs, seconds) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| strategy | epochs | test accuracy with masks | drop vs original | % network saved | oracle after | "
-             "mispredicted | no-prediction accuracy | wall s |",
+             "mispredicted | no-prediction accuracy | retrain wall s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.0f}"
