@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from crossneuron.report.load import strategy
 from crossneuron.retrain import retrain, rounds
 
 STRATEGIES = {  # name -> which of the options it switches on
@@ -43,10 +44,9 @@ def strategy_options(name: str, args) -> dict:
             "slack": args.slack if "predictability" in on else 0.0}  # fmt: skip
 
 
-def row(label: str, numbers: dict, original: float, epochs, seconds) -> dict:
-    """One table row from a measurement on the test split (evaluate.measure's keys)."""
-    return {"strategy": label, "epochs": epochs, "test_accuracy": numbers["accuracy"],
-            "drop_vs_original": original - numbers["accuracy"],
+def row(label: str, numbers: dict, drop: float, epochs, seconds) -> dict:
+    """One table row from a measurement on the test split (retrain's keys) and its drop against the original."""
+    return {"strategy": label, "epochs": epochs, "test_accuracy": numbers["accuracy"], "drop_vs_original": drop,
             "macs_saved_pct_network": numbers["macs_saved_pct_network"],
             "oracle_pct_network": numbers["oracle_pct_network"], "mispredicted_rate": numbers["mispredicted_rate"],
             "no_prediction_accuracy": numbers["no_prediction_accuracy"], "seconds": seconds}  # fmt: skip
@@ -86,17 +86,17 @@ def main() -> None:
     names = [s for s in args.strategies.split(",") if s]
     options = {name: strategy_options(name, args) for name in names}  # unknown names stop before any work
     common = {"data_root": args.data_root, "device": args.device}
-    rows, first = [], None
+    rows = []
     for name, kw in options.items():
         folder = out / f"{name}-e{args.epochs}"
         done = folder / "retrain.json"
         record = json.loads(done.read_text()) if done.is_file() else retrain(
             args.checkpoint, args.masks, out=folder, resume=True, quiet=True, **common, **kw)  # fmt: skip
-        original = record["base_accuracy"]
-        if first is None:
-            first = row("masks on the original model", record["before"]["test"], original, 0, None)
-            rows.append(first)
-        rows.append(row(name, record["after"]["test"], original, args.epochs, record["seconds"]))
+        before, after, original = record["before"]["test"], record["after"]["test"], record["base_accuracy"]
+        if not rows:
+            rows.append(row("masks on the original model", before, original - before["accuracy"], 0, None))
+        label = f"{name} ({strategy(record)})"
+        rows.append(row(label, after, original - after["accuracy"], args.epochs, record["seconds"]))
         print(f"{name}: {record['seconds']:.0f} s", flush=True)
     if args.rounds:
         kw = strategy_options("distill+predictability", args)
@@ -104,7 +104,7 @@ def main() -> None:
                          engine=args.engine, **common, **kw)  # fmt: skip
         for r in summary["rounds"]:
             label = f"round {r['round']} (distill+predictability, kept {r['kept']})"
-            rows.append(row(label, r["chosen"], r["original_test_accuracy"], args.epochs, r["seconds"]))
+            rows.append(row(label, r["chosen"], r["chosen"]["drop_vs_original"], args.epochs, r["seconds"]))
     text = (f"{args.checkpoint}, masks {args.masks}; lr {args.lr}, warm-up {args.warmup}, distill {args.distill} "
             f"(T {args.temperature}), predictability {args.predictability} (slack {args.slack}); "
             f"{platform.machine()}, {args.device}, torch {torch.__version__}\n\n{table(rows)}\n")  # fmt: skip

@@ -8,7 +8,8 @@
 set -uo pipefail
 source scripts/device/unpack.sh || exit 1
 ckpt=$1 eps=$2 limit=$3 epochs=${4:-8} rounds=${5:-0}
-name=$(basename "$ckpt") run=runs/r17/$(basename "$ckpt")
+name=$(basename "$ckpt")
+run=runs/r17/$name
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 start=$(date +%s)
 timeout "$limit" python3 -m crossneuron optimize --checkpoint "$ckpt" --data-root ../shared/data --out "$run/search" \
