@@ -110,6 +110,28 @@ def test_retrain_with_distillation_records_it_and_bad_values_are_refused(searche
         TrainConfig(model="resnet18", dataset="synthetic", distill=0.5).check()
 
 
+def test_teacher_is_the_network_distilled_from(searched, tmp_path):
+    """--teacher naming a copy of the source gives the same weights as no --teacher (the source is the
+    default teacher); another network as teacher changes them; bad teachers are refused."""
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    common = dict(epochs=1, lr=0.01, batch_size=64, quiet=True, distill=1.0)
+    plain = retrain(searched / "ckpt", result, out=tmp_path / "plain", **common)
+    shutil.copytree(searched / "ckpt", tmp_path / "copy", ignore=shutil.ignore_patterns("retrain*", ".lock"))
+    named = retrain(searched / "ckpt", result, out=tmp_path / "named", teacher=tmp_path / "copy", **common)
+    assert plain["teacher"] is None and named["teacher"] == str((tmp_path / "copy").resolve())
+    weights = {k: load_file(str(tmp_path / k / "model.safetensors")) for k in ("plain", "named")}
+    assert all(torch.equal(weights["plain"][k], weights["named"][k]) for k in weights["plain"])
+    retrain(searched / "ckpt", result, out=tmp_path / "other", teacher=tmp_path / "plain", **common)
+    theirs = load_file(str(tmp_path / "other" / "model.safetensors"))
+    assert any(not torch.equal(weights["plain"][k], theirs[k]) for k in theirs)
+    with pytest.raises(CrossneuronError, match="only distilled from with --distill"):
+        retrain(searched / "ckpt", result, out=tmp_path / "x", epochs=1, quiet=True, teacher=tmp_path / "copy")
+    meta = json.loads((tmp_path / "copy" / "meta.json").read_text())
+    (tmp_path / "copy" / "meta.json").write_text(json.dumps({**meta, "dataset": "mnist"}))
+    with pytest.raises(CrossneuronError, match="distil from a checkpoint of the same data"):
+        retrain(searched / "ckpt", result, out=tmp_path / "y", teacher=tmp_path / "copy", **common)
+
+
 def _penalty_loop(x, mask, p, macs, slack):
     """The predictability term of one site by explicit loops over images, channels and patches, and its
     gradient with the gate held constant: w_P * gate_P at each computed position of patch P."""
@@ -189,10 +211,12 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
     result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
     original = json.loads(result.read_text())
     out = tmp_path / "rounds"
-    summary = rounds(searched / "ckpt", result, 2, out=out, epochs=1, lr=0.01, batch_size=64)
+    summary = rounds(searched / "ckpt", result, 2, out=out, epochs=1, lr=0.01, batch_size=64, distill=0.5)
     first, second = summary["rounds"]
     assert first["masks_in"] == str(result.resolve()) and second["masks_in"] == first["masks_out"]
     assert second["checkpoint"] == str((out / "round-2").resolve())
+    teachers = [json.loads((out / f"round-{k}" / "config.json").read_text())["teacher"] for k in (1, 2)]
+    assert teachers == [None, str((searched / "ckpt").resolve())]  # round 2 distils from the original too
     for r in (first, second):  # epsilon_k = eps - what the round's network lost without prediction, >= 0
         lost = original["calib_base_accuracy"] - r["retrained"]["calib"]["no_prediction_accuracy"]
         assert r["eps_searched"] == pytest.approx(max(0.0, round(5.0 - lost, 2)))
@@ -211,7 +235,7 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
     # killed before round 2 was written down: the rerun resumes its training and search, same numbers
     kept = (out / "round-1" / "round.json").stat().st_mtime_ns
     (out / "round-2" / "round.json").unlink()
-    again = rounds(searched / "ckpt", result, 2, out=out, epochs=1, lr=0.01, batch_size=64)
+    again = rounds(searched / "ckpt", result, 2, out=out, epochs=1, lr=0.01, batch_size=64, distill=0.5)
     assert (out / "round-1" / "round.json").stat().st_mtime_ns == kept  # a finished round is not run again
     drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert drop(again["rounds"][1]) == drop(second)
@@ -220,7 +244,7 @@ def test_rounds_hold_the_budget_against_the_original_and_resume_to_the_same_resu
     # the CLI on the finished folder prints every round; the report plots and tabulates them
     cli = CliRunner().invoke(app, ["retrain", "--checkpoint", str(searched / "ckpt"), "--masks", str(result),
                                    "--out", str(out), "--rounds", "2", "--epochs", "1", "--lr", "0.01",
-                                   "--batch-size", "64"])  # fmt: skip
+                                   "--batch-size", "64", "--distill", "0.5"])  # fmt: skip
     assert cli.exit_code == 0, cli.output
     assert f"round 2: searched at eps {second['eps_searched']:g}: {second['searched']['macs_saved_pct_network']:.2f}%" \
         in cli.output  # fmt: skip

@@ -496,6 +496,10 @@ def retrain(
         float, typer.Option(help="weight in [0, 1] of distillation from the original network's logits (0: labels only)")
     ] = 0.0,
     temperature: Annotated[float, typer.Option(help="distillation temperature")] = 4.0,
+    teacher: Annotated[
+        str | None, typer.Option(help="checkpoint folder to distil from instead of --checkpoint, e.g. the original "
+                                      "network when --checkpoint is a retrained one (default: --checkpoint)")
+    ] = None,
     predictability: Annotated[
         float, typer.Option(help="weight of the predictability term: pushes a mask's computed positions to zero "
                                  "where the rest of the patch is zero, by the MACs that would save (0: off)")
@@ -514,7 +518,7 @@ def retrain(
     from .retrain import retrain as run
 
     strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
-                    predictability=predictability, slack=slack, warmup=warmup)  # fmt: skip
+                    predictability=predictability, slack=slack, warmup=warmup, teacher=teacher)  # fmt: skip
     if rounds:
         from .retrain import rounds as run_rounds
 

@@ -42,7 +42,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
             engine: str = "fast", progress=None, other_data: bool = False, distill: float = 0.0,
             temperature: float = 4.0, predictability: float = 0.0, slack: float = 0.0,
-            warmup: float = 0.0) -> dict:  # fmt: skip
+            warmup: float = 0.0, teacher: str | None = None) -> dict:  # fmt: skip
     result_path = Path(result_path)
     if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
         raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
@@ -59,7 +59,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
                           batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"],
                           device=device, init=str(ctx.path.resolve()), masks=str(result_path.resolve()),
                           distill=distill, temperature=temperature, predictability=predictability, slack=slack,
-                          warmup=warmup)  # fmt: skip
+                          warmup=warmup, teacher=str(Path(teacher).resolve()) if teacher else None)  # fmt: skip
         t0 = time.perf_counter()
         metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
         seconds = time.perf_counter() - t0
@@ -80,6 +80,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             "batch_size": batch_size,
             "distill": distill,
             "temperature": temperature,
+            "teacher": cfg.teacher,  # None: the source checkpoint
             "predictability": predictability,
             "slack": slack,
             "warmup": warmup,
@@ -161,7 +162,8 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
     the previous round's masks (round 1: the source checkpoint and ``result_path``) into
     ``out/round-k``, then searches that network again (``round-k/search``, the result's mode and options)
     with the budget held against the *original* model: epsilon_k = epsilon - (the original's
-    no-prediction calibration accuracy - round k's), at least 0. Each round's numbers go to
+    no-prediction calibration accuracy - round k's), at least 0. Distillation learns from the original
+    network in every round (``teacher``), not from round k - 1's. Each round's numbers go to
     ``round-k/round.json``. The round hands on the better of the new search's masks and the ones it
     retrained with (``keep_better``, on calibration images), recorded as ``kept`` / ``chosen``; a
     finished round is never run again, so a killed run resumes where it
@@ -182,6 +184,8 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
         folder = out / f"round-{k}"
         path = folder / "round.json"
         if not path.is_file():
+            if k > 1 and train_options.get("distill") and not train_options.get("teacher"):
+                train_options = {**train_options, "teacher": checkpoint_dir}  # distil from the original, not round k-1
             record = retrain(ckpt, masks, out=folder, data_root=data_root, device=device, resume=True, quiet=True,
                              other_data=other_data, **train_options)  # fmt: skip
             new = open_checkpoint(folder, data_root, device, other_data=other_data)

@@ -46,7 +46,8 @@ class TrainConfig:
     weights: str | None = None  # a weights file (safetensors / state_dict), or torchvision's (IMAGENET1K_V1)
     init: str | None = None  # a checkpoint folder to start from (retraining)
     masks: str | None = None  # a search's result.json: train with those masks predicting (retraining)
-    distill: float = 0.0  # weight of distillation from the init checkpoint's logits (retraining), 0: labels only
+    distill: float = 0.0  # weight of distillation from the teacher's logits (retraining), 0: labels only
+    teacher: str | None = None  # the checkpoint folder distilled from (default: init), e.g. the original network
     temperature: float = 4.0  # distillation temperature
     predictability: float = 0.0  # weight of the predictability term (retraining with masks; predictability.py)
     slack: float = 0.0  # the term's gate: 0 counts only patches whose predicted positions are all zero
@@ -66,6 +67,8 @@ class TrainConfig:
                                    f"{self.temperature}")  # fmt: skip
         if self.distill > 0 and not self.init:
             raise CrossneuronError("--distill learns from the original network: it needs --init (as retrain sets)")
+        if self.teacher and not self.distill > 0:
+            raise CrossneuronError(f"--teacher {self.teacher} is only distilled from with --distill above 0")
         if not self.predictability >= 0 or not self.slack >= 0:
             raise CrossneuronError(f"--predictability and --slack must be at least 0, got {self.predictability} and "
                                    f"{self.slack}")  # fmt: skip
@@ -80,6 +83,18 @@ class TrainConfig:
         from .context import check_device
 
         check_device(self.device)
+
+
+def _teacher(cfg: TrainConfig, init: torch.nn.Module, spec) -> torch.nn.Module:
+    """The frozen network distilled from: init's, or ``cfg.teacher``'s when set (same data and classes)."""
+    model = init
+    if cfg.teacher:
+        model, meta = checkpoint.load(cfg.teacher)
+        if meta["dataset"] != cfg.dataset or meta["num_classes"] != spec.num_classes:
+            raise CrossneuronError(f"--teacher {cfg.teacher} was trained on {meta['dataset']} "
+                                   f"({meta['num_classes']} classes), not {cfg.dataset} ({spec.num_classes}): "
+                                   "distil from a checkpoint of the same data")  # fmt: skip
+    return model.to(cfg.device).eval().requires_grad_(False)
 
 
 def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, weight: float,
@@ -171,7 +186,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
             raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
                                    "train into another --out") from None  # fmt: skip
         new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0,  # pre-0.6
-                      "predictability": 0.0, "slack": 0.0, "warmup": 0.0}  # pre-0.7
+                      "predictability": 0.0, "slack": 0.0, "warmup": 0.0,  # pre-0.7
+                      "teacher": None}  # pre-0.15
         if {**new_fields, **stored} != asdict(cfg):
             raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
     write_json(config_path, asdict(cfg))
@@ -188,8 +204,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
     if cfg.init:
         original = checkpoint.load(cfg.init)[0]
         model.load_state_dict(original.state_dict())
-        if cfg.distill > 0:  # the original network, frozen, without masks
-            teacher = original.to(cfg.device).eval().requires_grad_(False)
+        if cfg.distill > 0:  # the original network (or --teacher's), frozen, without masks
+            teacher = _teacher(cfg, original, spec)
     model = model.to(cfg.device)
     runner = with_masks(model, spec, cfg.masks)  # what trains and is measured; shares model's parameters
     optimizer = torch.optim.SGD(

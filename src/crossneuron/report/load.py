@@ -77,7 +77,8 @@ def strategy(record: dict) -> str:
     if record.get("warmup"):
         parts.append(f"warm-up {record['warmup']:g}")
     if record.get("distill"):
-        parts.append(f"distill {record['distill']:g} (T {record.get('temperature', 4.0):g})")
+        teacher = f", from {Path(record['teacher']).name}" if record.get("teacher") else ""
+        parts.append(f"distill {record['distill']:g} (T {record.get('temperature', 4.0):g}{teacher})")
     if record.get("predictability"):
         slack = f", slack {record['slack']:g}" if record.get("slack") else ""
         parts.append(f"predictability {record['predictability']:g}{slack}")
