@@ -130,6 +130,7 @@ def test_teacher_is_the_network_distilled_from(searched, tmp_path):
     (tmp_path / "copy" / "meta.json").write_text(json.dumps({**meta, "dataset": "mnist"}))
     with pytest.raises(CrossneuronError, match="distil from a checkpoint of the same data"):
         retrain(searched / "ckpt", result, out=tmp_path / "y", teacher=tmp_path / "copy", **common)
+    assert not (tmp_path / "y").exists()  # refused before any work
 
 
 def _penalty_loop(x, mask, p, macs, slack):

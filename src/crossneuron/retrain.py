@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from .checkpoint import read_meta
 from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
@@ -52,6 +53,12 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
     if data.val_hash not in (None, ctx.meta["val_hash"]):
         raise CrossneuronError(f"{result_path} was searched on another val split than {checkpoint_dir}'s")
     attach_result(ctx.model, ctx.spec.input_shape, data)  # refuse masks of another model before any work
+    if teacher:  # and a teacher of other data (train checks it again for direct callers)
+        theirs = read_meta(Path(teacher))
+        if (theirs["dataset"], theirs["num_classes"]) != (ctx.meta["dataset"], ctx.meta["num_classes"]):
+            raise CrossneuronError(f"--teacher {teacher} was trained on {theirs['dataset']} "
+                                   f"({theirs['num_classes']} classes), not {ctx.meta['dataset']}: "
+                                   "distil from a checkpoint of the same data")  # fmt: skip
     out = Path(out) if out else default_out(result_path, data)
     with folder_lock(out):  # one writer per folder (train, inside, takes the same lock again)
         meta = ctx.meta
