@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import read_meta
 from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
@@ -23,7 +22,7 @@ from .fsutil import folder_lock, write_json
 from .result import Result, attach_result, load_result, write_result
 from .runfolder import calibration, check_images, optimize
 from .search.options import SearchOptions
-from .train import TrainConfig, train
+from .train import TrainConfig, check_teacher, train
 
 
 def default_out(result_path: Path, result: Result) -> Path:
@@ -53,12 +52,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
     if data.val_hash not in (None, ctx.meta["val_hash"]):
         raise CrossneuronError(f"{result_path} was searched on another val split than {checkpoint_dir}'s")
     attach_result(ctx.model, ctx.spec.input_shape, data)  # refuse masks of another model before any work
-    if teacher:  # and a teacher of other data (train checks it again for direct callers)
-        theirs = read_meta(Path(teacher))
-        if (theirs["dataset"], theirs["num_classes"]) != (ctx.meta["dataset"], ctx.meta["num_classes"]):
-            raise CrossneuronError(f"--teacher {teacher} was trained on {theirs['dataset']} "
-                                   f"({theirs['num_classes']} classes), not {ctx.meta['dataset']}: "
-                                   "distil from a checkpoint of the same data")  # fmt: skip
+    check_teacher(teacher, ctx.meta["dataset"], ctx.meta["num_classes"])  # and a teacher of other data
     out = Path(out) if out else default_out(result_path, data)
     with folder_lock(out):  # one writer per folder (train, inside, takes the same lock again)
         meta = ctx.meta

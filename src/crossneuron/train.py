@@ -85,16 +85,13 @@ class TrainConfig:
         check_device(self.device)
 
 
-def _teacher(cfg: TrainConfig, init: torch.nn.Module, spec) -> torch.nn.Module:
-    """The frozen network distilled from: init's, or ``cfg.teacher``'s when set (same data and classes)."""
-    model = init
-    if cfg.teacher:
-        model, meta = checkpoint.load(cfg.teacher)
-        if meta["dataset"] != cfg.dataset or meta["num_classes"] != spec.num_classes:
-            raise CrossneuronError(f"--teacher {cfg.teacher} was trained on {meta['dataset']} "
-                                   f"({meta['num_classes']} classes), not {cfg.dataset} ({spec.num_classes}): "
-                                   "distil from a checkpoint of the same data")  # fmt: skip
-    return model.to(cfg.device).eval().requires_grad_(False)
+def check_teacher(teacher: str | Path | None, dataset: str, num_classes: int) -> None:
+    """Refuse a ``--teacher`` checkpoint of other data (before any folder is made)."""
+    if teacher:
+        meta = checkpoint.read_meta(Path(teacher))
+        if (meta["dataset"], meta["num_classes"]) != (dataset, num_classes):
+            raise CrossneuronError(f"--teacher {teacher} was trained on {meta['dataset']} ({meta['num_classes']} "
+                                   f"classes), not {dataset}: distil from a checkpoint of the same data")  # fmt: skip
 
 
 def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, weight: float,
@@ -160,6 +157,7 @@ def train(
     out = Path(out)
     spec = dataset_spec(cfg.dataset, cfg.input_size, cfg.mean, cfg.std)
     cfg.dataset = spec.name  # an image folder by its absolute path
+    check_teacher(cfg.teacher, spec.name, spec.num_classes)
     if cfg.val_size is None:
         cfg.val_size = spec.val_size
     arrays = load_arrays(cfg.dataset, data_root, download, spec)
@@ -205,7 +203,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         original = checkpoint.load(cfg.init)[0]
         model.load_state_dict(original.state_dict())
         if cfg.distill > 0:  # the original network (or --teacher's), frozen, without masks
-            teacher = _teacher(cfg, original, spec)
+            source = checkpoint.load(cfg.teacher)[0] if cfg.teacher else original
+            teacher = source.to(cfg.device).eval().requires_grad_(False)
     model = model.to(cfg.device)
     runner = with_masks(model, spec, cfg.masks)  # what trains and is measured; shares model's parameters
     optimizer = torch.optim.SGD(
