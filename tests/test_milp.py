@@ -120,6 +120,29 @@ def test_milp_steps_are_exact_records_within_the_budget(ckpt, tmp_path, mode):
         assert all(not data.trajectory[s]["cut_short"] for s in steps)
 
 
+def test_a_result_does_not_depend_on_the_larger_eps_the_run_also_asked_for(ckpt, tmp_path):
+    """Two searches (layer, milp and refine), one asked for eps 0 and 1, the other for 0, 1 and 5: the
+    same masks and records at eps 0 and 1; every milp and refine step says which eps found it."""
+    ctx = open_checkpoint(ckpt)
+    chosen = {}
+    for name, eps in (("small", [0.0, 1.0]), ("large", [0.0, 1.0, 5.0])):
+        options = SearchOptions(modes=["uniform-layer"], refine=True,
+                                **{**OPTIONS, "eps": eps, "optimizer": "layer,milp", "budget": "flips"})  # fmt: skip
+        optimize(ctx, options, tmp_path / name)
+        for e in eps:
+            data = load_result(tmp_path / name / "uniform-layer" / f"eps-{e:g}" / "result.json")
+            step = data.trajectory[data.chosen_step]
+            chosen[name, e] = (step["calib_lost"], step["macs_saved_pct_network"], step["calib_accuracy"])
+            found = {t["stage"]: t["found_for_eps"] for t in data.trajectory if t["stage"] == "layer"}
+            assert found in ({}, {"layer": None})
+            assert all(t["found_for_eps"] in [*eps, None] for t in data.trajectory)
+            assert step["found_for_eps"] is None or step["found_for_eps"] <= e
+        tagged = {t["found_for_eps"] for t in data.trajectory if t["stage"] != "layer"}
+        assert set(eps) <= tagged | {0.0}  # each eps's milp / refine rounds are tagged with it
+    assert chosen["small", 0.0] == chosen["large", 0.0] and chosen["small", 1.0] == chosen["large", 1.0]
+    assert chosen["large", 5.0][1] >= chosen["large", 1.0][1]
+
+
 def test_replay_picks_what_each_rule_accepts_by_brute_force():
     # calibration: 100 images, 90 right; check: 100 images, 80 right (hand-made rows)
     rows = [{"config": "none", "steps": [0], "calib_correct": 90, "calib_lost": 0, "calib_macs_saved_pct_network": 0.0,

@@ -166,6 +166,20 @@ def test_pick_never_takes_a_step_cut_short():
     assert pick([cut, fine], BASE, 50.0) is fine
 
 
+def test_pick_passes_by_steps_found_for_a_larger_eps():
+    from crossneuron.search.quantize import Step
+
+    layer = Step(0, None, (0,), EvalResult(900, 1000, 100, 0))  # the layer quantizer's: a candidate at every eps
+    small = Step(1, None, (1,), EvalResult(897, 1000, 200, 0), "milp", 0.5)
+    large = Step(2, None, (2,), EvalResult(896, 1000, 300, 0), "milp", 3.0)  # within 0.5 too, but found for 3
+    steps = [layer, small, large]
+    assert pick(steps, BASE, 0.0) is layer  # small was found for 0.5 (and is not within 0 either)
+    assert pick(steps, BASE, 0.5) is small  # large saves more within 0.5: a candidate only from eps 3
+    assert pick(steps, BASE, 3.0) is large
+    assert pick([layer, large], BASE, 0.5) is layer
+    assert pick(steps[:2], BASE, 0.5) is pick(steps, BASE, 0.5)  # eps 0.5 alike with or without eps 3's round
+
+
 def test_forward_quantize_orders_moves_that_lose_no_accuracy_by_macs_per_misprediction():
     from crossneuron.search.quantize import forward_quantize, move_key
 

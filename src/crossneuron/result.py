@@ -227,6 +227,7 @@ def trajectory_json(net: PredictiveNet, units: list[list[int]], trajectory, base
         {
             "step": t.step,
             "stage": t.stage,
+            "found_for_eps": t.eps,  # refine / milp: the epsilon whose round found it; null: any (0.16)
             "moved": None if t.moved is None else [net.sites[s].name for s in units[t.moved]],
             "calib_accuracy": t.result.accuracy,  # an upper bound where cut_short
             "cut_short": t.result.cut_short,

@@ -92,7 +92,8 @@ class Step:
     moved: int | None  # the unit (index into units) moved to reach it; None for the start
     positions: tuple[int, ...]  # per site: index into its options (len(options) = none)
     result: EvalResult
-    stage: str = "layer"  # layer (SPEC 6's layer quantizer) or refine (forward_quantize)
+    stage: str = "layer"  # layer (SPEC 6's layer quantizer), refine (forward_quantize) or milp
+    eps: float | None = None  # the epsilon whose round found it (refine, milp); None: found for every eps
 
 
 def layer_quantize(
@@ -145,8 +146,14 @@ def pick(trajectory: Sequence[Step], base: EvalResult, eps: float, budget: Budge
     accuracy, then earlier). The final all-none step is always within any eps >= 0. Steps cut short
     carry only an upper bound of their accuracy and are never picked. ``held`` (``--verify``: the base's
     and each step's record on images the search never evaluated, ``audit.held_records``): a step must be
-    within ``eps`` on them too."""
-    ok = [t for t in trajectory if not t.result.cut_short and budget.within(t.result, base, eps)
+    within ``eps`` on them too.
+
+    Only steps found for ``eps`` or a smaller epsilon compete (``Step.eps``; since 0.16): a step that a
+    larger epsilon's round found is not a candidate, so the result at one epsilon does not depend on
+    which larger ones the same run also asked for (before 0.16 it did, and the extra candidates fitted
+    the calibration images more: RESULTS.md, session 18)."""
+    ok = [t for t in trajectory if (t.eps is None or t.eps <= eps) and not t.result.cut_short
+          and budget.within(t.result, base, eps)
           and (held is None or budget.within(held[1][t.step], held[0], eps))]  # fmt: skip
     return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))
 
@@ -198,7 +205,8 @@ def forward_quantize(
     (``move_key``, from isolated records), evaluate the whole network, keep the move when it stays
     within that epsilon, else undo it and freeze the unit; until every unit is frozen or at its
     first option. Every kept configuration is within its epsilon by evaluation, not by estimate.
-    Steps are numbered from ``start``; ``moved`` is the unit index; rejected moves are steps too
+    Steps are numbered from ``start`` and carry the epsilon they were found for (``Step.eps``; ``pick``
+    at a smaller epsilon passes them by); ``moved`` is the unit index; rejected moves are steps too
     (``evaluate(plans, step, eps)`` may cut them short against ``eps``). ``key`` orders the moves
     (``MOVE_ORDERS``); ``budget`` judges "within".
 
@@ -220,7 +228,7 @@ def forward_quantize(
         saved = dict(pos)
         pos.update(seed)
         seeded = evaluate(plans(), start, max(eps_list))
-        trajectory.append(Step(start, None, tuple(pos[s] for s in sites), seeded, "refine"))
+        trajectory.append(Step(start, None, tuple(pos[s] for s in sites), seeded, "refine"))  # given: any eps
         pos.update(saved)
     for eps in sorted(eps_list):
         frozen: set[int] = set()
@@ -244,7 +252,7 @@ def forward_quantize(
                 pos[s] = max(pos[s] - 1, 0)
             step = start + len(trajectory)
             result = evaluate(plans(), step, eps)
-            trajectory.append(Step(step, best, tuple(pos[s] for s in sites), result, "refine"))
+            trajectory.append(Step(step, best, tuple(pos[s] for s in sites), result, "refine", eps))
             if budget.within(result, base, eps):
                 current = result
             else:

@@ -224,8 +224,9 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
     where it keeps it on the verify images too (``pick`` asks both anyway), so the rounds search below
     the boundary that counts instead of beyond it.
     Records are keyed by their masks (``candidate`` = a prefix of the plans' hash), so a resumed run
-    finds them whatever the solver's timing. Steps numbered from ``start``; with nothing before
-    them, the first step is no prediction (always within)."""
+    finds them whatever the solver's timing. Steps numbered from ``start``, each tagged with the
+    epsilon it was solved for (``pick`` at a smaller one passes it by); with nothing before them, the
+    first step is no prediction (always within, tagged for every epsilon)."""
     sites = st.space.sites
     screen = st.model
     n = len(screen.margin)
@@ -239,14 +240,14 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
     scale = float(np.median(right)) if len(right) else 1.0
     steps: list[Step] = []
 
-    def evaluate(choice: list[int | None], eps: float) -> EvalResult:
+    def evaluate(choice: list[int | None], eps: float, found: float | None) -> EvalResult:
         plans = {s: options[s][k].plan for s, k in zip(sites, choice, strict=True) if k is not None}
         step = start + len(steps)
         plans_by_step.append(plans)
         where = Where("milp", mode, candidate=int(config_hash(plans)[:12], 16))
         result = st.ev.evaluate(where, plans, may_cut=True, cut_eps=eps)
         positions = tuple(len(options[s]) if k is None else k for s, k in zip(sites, choice, strict=True))
-        steps.append(Step(step, None, positions, result, "milp"))
+        steps.append(Step(step, None, positions, result, "milp", found))
         st.progress(f"{mode}: milp", len(steps), len(st.options.eps) * st.options.milp_rounds, result)
         return result, plans
 
@@ -265,7 +266,7 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
                           lost=max(result.lost or 0, scaled))  # fmt: skip
 
     if start == 0:
-        evaluate([None] * len(sites), max(st.options.eps))
+        evaluate([None] * len(sites), max(st.options.eps), None)  # no prediction: a candidate at every eps
     most = int((problem.base_hit & (problem.margin >= 0)).sum())  # images any choice could lose
     for eps in sorted(st.options.eps):
         cap = allowed = allowed_lost(lambda r, eps=eps: st.ev.budget.within(r, st.base, eps), st.base)
@@ -274,7 +275,7 @@ def milp_stage(st: Stages, mode: str, options: dict[int, list[Option]], plans_by
             choice = solve(problem, allowed, tau, st.options.milp_seconds)
             if choice is None:
                 break
-            result, plans = evaluate(choice, eps)
+            result, plans = evaluate(choice, eps, eps)
             broke = judged(result, plans, eps)
             if broke is None:
                 good = allowed
