@@ -73,14 +73,24 @@ def run_cell(
     return summary
 
 
+def optimizer_label(options: dict) -> str:
+    """A cell's optimiser as the tables name it, read from its run's options (not its folder's name):
+    ``layer+refine``, ``milp``, ``milp-verify``, or the optimisers joined by ``+``."""
+    names = options.get("optimizer", "layer").split(",")
+    if options.get("refine"):
+        names.append("refine")
+    label = "+".join(n.strip() for n in names)
+    return f"{label}-verify" if options.get("milp_verify") else label
+
+
 def collect(out: Path) -> list[dict]:
     rows = []
     for summary_path in sorted(out.glob("*/summary.json")):
         s = json.loads(summary_path.read_text())
         for mode, info in s["modes"].items():
             for e, r in info["eps"].items():
-                name = summary_path.parent.name
-                optimizer = "milp-verify" if "-milp-verify-" in name else "milp" if "-milp-" in name else "layer+refine"
+                result = summary_path.parent / mode / f"eps-{e}" / "result.json"
+                optimizer = optimizer_label(json.loads(result.read_text())["options"])
                 verify = s.get("verify_images", 0)
                 rows.append({"cell": summary_path.parent.name, "mode": mode, "optimizer": optimizer,
                              "verify": verify, "verify_drop": r.get("verify_drop"),
