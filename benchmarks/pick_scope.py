@@ -31,6 +31,7 @@ from crossneuron.net import attach
 from crossneuron.runfolder import REUSE_SAME, check_images, make_engine, verify_images
 from crossneuron.search.evaluator import config_hash
 from crossneuron.search.options import SearchOptions
+from crossneuron.search.quantize import eligible, pick_order
 from crossneuron.search.run import Search
 from crossneuron.search.store import Store, reusable_records
 from crossneuron.thresholds import apply_thresholds
@@ -42,10 +43,7 @@ def lazy_pick(trajectory, plans_by_step, base, eps, budget, held, space, scope):
     """``quantize.pick`` in ``scope`` (``own``: its 0.16 behaviour; ``all``: every step a candidate), the
     verify record of a step made only when the candidates above it have failed."""
     steps = trajectory if scope == "own" else [replace(t, eps=None) for t in trajectory]
-    order = sorted(steps, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step), reverse=True)
-    for t in order:
-        if (t.eps is not None and t.eps > eps) or t.result.cut_short or not budget.within(t.result, base, eps):
-            continue
+    for t in sorted((t for t in steps if eligible(t, base, eps, budget)), key=pick_order, reverse=True):
         if held is None or budget.within(held.record(plans_by_step[t.step], space), held.base, eps):
             return t
     raise AssertionError("the no-prediction step is always within")
@@ -89,9 +87,9 @@ def main() -> None:
     measured: dict[str, tuple] = {}
     rows = []
     for mode in search.run():
+        found = {u.step: u.eps for u in mode.trajectory}
         for eps in options.eps:
             for scope in SCOPES:
-                found = {u.step: u.eps for u in mode.trajectory}
                 t = lazy_pick(mode.trajectory, mode.plans_by_step, search.base, eps, search.budget, held,
                               search.space, scope)  # fmt: skip
                 plans = mode.plans_by_step[t.step]

@@ -152,10 +152,20 @@ def pick(trajectory: Sequence[Step], base: EvalResult, eps: float, budget: Budge
     larger epsilon's round found is not a candidate, so the result at one epsilon does not depend on
     which larger ones the same run also asked for (before 0.16 it did, and the extra candidates fitted
     the calibration images more: RESULTS.md, session 18)."""
-    ok = [t for t in trajectory if (t.eps is None or t.eps <= eps) and not t.result.cut_short
-          and budget.within(t.result, base, eps)
+    ok = [t for t in trajectory if eligible(t, base, eps, budget)
           and (held is None or budget.within(held[1][t.step], held[0], eps))]  # fmt: skip
-    return max(ok, key=lambda t: (t.result.macs_saved, t.result.correct, -t.step))
+    return max(ok, key=pick_order)
+
+
+def eligible(t: Step, base: EvalResult, eps: float, budget: Budget = NET) -> bool:
+    """Whether ``pick`` at ``eps`` may take ``t`` on the calibration records: found for ``eps`` or less,
+    not cut short, within ``eps`` by ``budget``."""
+    return (t.eps is None or t.eps <= eps) and not t.result.cut_short and budget.within(t.result, base, eps)
+
+
+def pick_order(t: Step) -> tuple:
+    """``pick``'s preference, largest first: MACs saved, then accuracy, then the earlier step."""
+    return (t.result.macs_saved, t.result.correct, -t.step)
 
 
 def move_key(now: Sequence[EvalResult], then: Sequence[EvalResult]) -> tuple[int, float]:
