@@ -9,7 +9,8 @@ schedule). The ingredients are sorted by their accuracy with the masks on the *s
 calibration and verify images: what the search saw, never the check images or the test split); each is
 added to the running uniform average where the average's selection accuracy does not fall. Networks
 with BatchNorm get their running statistics again from the train images with the masks on
-(``torch.optim.swa_utils.update_bn``). The soup is a checkpoint (DIR): ``crossneuron evaluate --checkpoint
+(``torch.optim.swa_utils.update_bn``). Every average is measured as it is saved (in float16 where the
+ingredients are). The soup is a checkpoint (DIR): ``crossneuron evaluate --checkpoint
 DIR --masks RESULT`` reproduces its numbers.
 
 Printed: one Markdown table (every ingredient, each average tried, the soup) with accuracy with the masks
@@ -82,8 +83,11 @@ def main() -> None:
     states = {str(c.path): {k: v.detach().clone() for k, v in c.model.state_dict().items()} for c in ctxs}
     net = attach_result(model, original.spec.input_shape, result)
 
-    def load(members):
-        model.load_state_dict(average([states[m] for m in members]))
+    half = ctxs[0].meta.get("dtype") == "float16"
+
+    def load(members):  # measured as saved: rounded to float16 where the ingredients are
+        state = average([states[m] for m in members])
+        model.load_state_dict({k: v.half().float() if half and v.is_floating_point() else v for k, v in state.items()})
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             update_bn((xb for xb, _ in batches(x_train, y_train, original.spec, 500, "cpu")), net)
 
@@ -111,7 +115,7 @@ def main() -> None:
     load(members)
     meta = {**ctxs[0].meta, "soup": members, "masks": str(args.masks.resolve()), "init": str(args.original.resolve()),
             "command": " ".join(sys.argv)}  # fmt: skip
-    checkpoint.save(args.out, model, meta, half=ctxs[0].meta.get("dtype") == "float16")
+    checkpoint.save(args.out, model, meta, half=half)
     write_json(args.out / "soup.json", {"masks": str(args.masks.resolve()), "original": str(args.original.resolve()),
                                         "original_test_accuracy": base, "selection_images": len(y_sel),
                                         "check_images": len(y_chk), "members": members, "rows": rows})  # fmt: skip

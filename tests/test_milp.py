@@ -142,6 +142,24 @@ def test_a_result_does_not_depend_on_the_larger_eps_the_run_also_asked_for(ckpt,
     assert chosen["large", 5.0][1] >= chosen["large", 1.0][1]
 
 
+def test_the_default_milp_leaves_highs_out_and_milp_seconds_brings_it_back(ckpt, tmp_path, monkeypatch):
+    """0.17: ``--milp-seconds`` defaults to 0 (greedy and exchanges, the same on any machine); a positive
+    limit calls HiGHS in every round, and its trajectory's steps are still exact records."""
+    import crossneuron.search.milp as milp
+
+    calls = []
+    real = milp._highs
+    monkeypatch.setattr(milp, "_highs", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    ctx = open_checkpoint(ckpt)
+    base = {**OPTIONS, "optimizer": "milp", "budget": "flips", "eps": [1.0]}
+    optimize(ctx, SearchOptions(modes=["uniform-layer"], **base), tmp_path / "default")
+    assert calls == []
+    optimize(ctx, SearchOptions(modes=["uniform-layer"], **base, milp_seconds=5), tmp_path / "highs")
+    db = sqlite3.connect(tmp_path / "highs" / "records.sqlite")
+    rounds = db.execute("SELECT COUNT(*) FROM evals WHERE stage = 'milp'").fetchone()[0]
+    assert calls and set(calls) == {5} and len(calls) >= rounds - 1  # one solve per round (no-prediction: none)
+
+
 def test_replay_picks_what_each_rule_accepts_by_brute_force():
     # calibration: 100 images, 90 right; check: 100 images, 80 right (hand-made rows)
     rows = [{"config": "none", "steps": [0], "calib_correct": 90, "calib_lost": 0, "calib_macs_saved_pct_network": 0.0,

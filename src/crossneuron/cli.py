@@ -332,8 +332,8 @@ def optimize(
         ),
     ] = "milp",
     milp_rounds: Annotated[int, typer.Option(help="milp: exact verifications (re-solves) per eps at most")] = 6,
-    milp_seconds: Annotated[float, typer.Option(help="milp: HiGHS's time limit per solve (0: greedy and "
-                                                  "exchanges only, the same on any machine)")] = 20.0,
+    milp_seconds: Annotated[float, typer.Option(help="milp: HiGHS's time limit per solve (0, the default since "
+                                                  "0.17: greedy and exchanges only, the same on any machine)")] = 0.0,
     zero_below: Annotated[float, typer.Option(help="a computed position counts as zero when at most this fraction "
                                               "of its site's mean positive activation on the calibration images "
                                               "(0: exactly zero, SPEC 4; README 'Zero tolerance')")] = 0.0,

@@ -54,7 +54,9 @@ class SearchOptions:
     budget: str = "flips"  # "within epsilon" (budget.get_budget): net, flips, ucb[:LEVEL], paired[:LEVEL]; 0.6: flips
     optimizer: str = "milp"  # after the quantizers: layer (SPEC 6's layer quantizer), milp, or both; 0.6: milp
     milp_rounds: int = 6  # milp: exact verifications (and re-solves) per epsilon at most
-    milp_seconds: float = 20.0  # milp: HiGHS's time limit per solve (the budget study's setting; 0: exchanges only)
+    # milp: HiGHS's time limit per solve; 0 (the default since 0.17, RESULTS.md "Session 20"): greedy and exchanges
+    # only, the same on any machine (0.6-0.16: 20, the budget study's setting)
+    milp_seconds: float = 0.0
     # val images after the calibration images on which pick also asks the budget (0: none; None: the
     # default, ``default_verify``: 1,000 where val holds them beside the calibration and check images; 0.11)
     verify: int | None = None
