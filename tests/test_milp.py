@@ -144,7 +144,7 @@ def test_a_result_does_not_depend_on_the_larger_eps_the_run_also_asked_for(ckpt,
 
 def test_the_default_milp_leaves_highs_out_and_milp_seconds_brings_it_back(ckpt, tmp_path, monkeypatch):
     """0.17: ``--milp-seconds`` defaults to 0 (greedy and exchanges, the same on any machine); a positive
-    limit calls HiGHS in every round, and its trajectory's steps are still exact records."""
+    limit calls HiGHS once in every round."""
     import crossneuron.search.milp as milp
 
     calls = []
