@@ -74,8 +74,7 @@ def main() -> None:
     x_chk, y_chk, _ = check_images(original, o["calib"], o["seed"], result.check_images or 0)
     x_test, y_test = original.data("test")
     x_train, y_train = original.data("train")
-    base = measure(attach_result(original.model, original.spec.input_shape, result), original.spec, x_test, y_test,
-                   None).base_accuracy  # the original without prediction  # fmt: skip
+    base = result.test_base_accuracy  # the original without prediction, as retrain.json has it
     ctxs = [open_checkpoint(c, args.data_root) for c in args.checkpoints]
     if any(c.meta["val_hash"] != original.meta["val_hash"] for c in ctxs):
         sys.exit("every checkpoint must share --original's val split (retrained from it)")
@@ -106,7 +105,7 @@ def main() -> None:
     order = sorted(states, key=lambda m: numbers([m], "selection")["accuracy"], reverse=True)
     members, tried = greedy(order, lambda ms: numbers(ms, "selection")["accuracy"])
     rows = []
-    for ms, _ in [([m], None) for m in order[1:]] + tried:
+    for ms in [[m] for m in order[1:]] + [ms for ms, _ in tried]:
         splits = ("selection", "check", "test") if len(y_chk) else ("selection", "test")
         row = {"members": ms, **{s: numbers(ms, s) for s in splits}}
         row["test_drop"] = base - row["test"]["accuracy"]
