@@ -49,7 +49,7 @@ demo: venv data
 	$(BIN)/crossneuron sites --model resnet18 --width 0.25 --input-shape 1,28,28 --num-classes 10
 	$(BIN)/crossneuron baseline --checkpoint $(DEMO_CKPT) --patch-size 2
 	$(BIN)/crossneuron optimize --checkpoint $(DEMO_CKPT) --out $(DEMO_OUT) --mode uniform-layer,uniform-patch \
-	  --screen --optimizer milp --budget flips --engine fast --patch-size 2 --ones 1-2 --eps 0,0.5,1,3 --calib 1000 $(QUIET)
+	  --screen --optimizer milp --budget flips --engine fast --patch-size 2 --ones 1-2 --eps 0,0.5,1,1.5,2,3 --calib 1000 $(QUIET)
 	$(BIN)/crossneuron report $(DEMO_OUT)
 
 lint: venv
