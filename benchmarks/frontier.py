@@ -43,9 +43,13 @@ def pool(runs: list[Path]) -> tuple[dict[str, tuple[int, int, int]], int, int, l
     base = images = None
     used = []
     for run in dict.fromkeys(r.resolve() for r in runs):  # each database once
-        db = sqlite3.connect(f"file:{database(run)}?mode=ro", uri=True)
         try:
+            db = sqlite3.connect(f"file:{database(run)}?mode=ro", uri=True)
             ident = identity(db)
+        except sqlite3.Error as exc:
+            print(f"skipped {run}: no readable records.sqlite ({exc})")
+            continue
+        try:
             key = (ident.get("weights_hash"), ident.get("calib_hash"))
             first = first or key
             if key != first or (ident.get("options") or {}).get("zero_below"):
