@@ -121,8 +121,8 @@ def commands(name: str, args) -> tuple[list[str], Path]:
     return optimize, out
 
 
-def best_mode(summary: dict, eps: str, key: str = "macs_saved_pct_network") -> str:
-    return max(summary["modes"], key=lambda m: summary["modes"][m]["eps"][eps][key])
+def best_mode(summary: dict, eps: str) -> str:
+    return max(summary["modes"], key=lambda m: summary["modes"][m]["eps"][eps]["macs_saved_pct_network"])
 
 
 def study(name: str, args) -> None:
