@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/retrain_study.py --checkpoint checkpoints/alexnet-cifar10 \\
         --masks RUN/uniform-layer/eps-10/result.json --out runs/r17/ax3 [--epochs 2] [--lr 0.005] [--warmup 0] \\
         [--strategies labels,predictability,distill,distill+predictability] [--distill 0.5] [--temperature 4] \\
-        [--predictability 10] [--slack 0] [--rounds 0] [--engine fast] [--device cpu] [--data-root DIR]
+        [--predictability 10] [--slack 0] [--rounds 0] [--precision fp32] [--engine fast] [--device cpu] \\
+        [--data-root DIR]
 
 Every strategy is one ``crossneuron retrain`` into OUT/<strategy>-e<epochs> (resumable: run this again after a
 kill; a finished strategy is read back, never trained again). ``--rounds N`` adds N search-retrain rounds
@@ -39,6 +40,7 @@ def strategy_options(name: str, args) -> dict:
         raise SystemExit(f"unknown strategy {name!r}: choose from {', '.join(STRATEGIES)}")
     on = STRATEGIES[name]
     return {"epochs": args.epochs, "lr": args.lr, "warmup": args.warmup, "temperature": args.temperature,
+            "precision": args.precision,
             "distill": args.distill if "distill" in on else 0.0,
             "predictability": args.predictability if "predictability" in on else 0.0,
             "slack": args.slack if "predictability" in on else 0.0}  # fmt: skip
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--predictability", type=float, default=10.0)
     ap.add_argument("--slack", type=float, default=0.0)
     ap.add_argument("--rounds", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", help="training passes: fp32 or bf16 (retrain --precision)")
     ap.add_argument("--engine", default="fast", help="the rounds' searches: naive, fast or batched")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-root")

@@ -285,3 +285,27 @@ def test_a_round_keeps_the_better_masks_judged_on_calibration_images(searched, t
     assert pair(1.0, 10.0, 5.5, 30.0)[0] == "searched"  # the retrained ones lose too much
     assert pair(6.0, 10.0, 4.0, 3.0) == ("retrained", tmp_path / "r.json")
     assert pair(6.0, 10.0, 7.0, 30.0)[0] == "searched"  # neither: the search's
+
+
+def test_bf16_retraining_with_every_term_records_it_and_reproduces(searched, tmp_path):
+    """`retrain --precision bf16` with distillation and the predictability term (its sums kept in fp32):
+    the record and the report's strategy say bf16, the retrained weights differ from fp32's, and
+    `evaluate --masks` (fp32) reproduces the measured accuracy."""
+    from crossneuron.report.load import strategy
+
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    args = ["retrain", "--checkpoint", str(searched / "ckpt"), "--masks", str(result), "--epochs", "1", "--lr",
+            "0.01", "--batch-size", "64", "--distill", "0.5", "--predictability", "5", "--quiet", "--json"]
+    for precision in ("bf16", "fp32"):
+        cli = CliRunner().invoke(app, [*args, "--out", str(tmp_path / precision), "--precision", precision])
+        assert cli.exit_code == 0, cli.output
+    record = json.loads((tmp_path / "bf16" / "retrain.json").read_text())
+    assert record["precision"] == "bf16" and "bf16" in strategy(record)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    ours, theirs = (load_file(str(tmp_path / p / "model.safetensors")) for p in ("bf16", "fp32"))
+    assert any(not torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(torch.isfinite(v.float()).all() for v in ours.values())
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "bf16"), "--masks",
+                                   str(tmp_path / "bf16" / "result.json"), "--split", "test", "--json"])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["accuracy"] == pytest.approx(record["after"]["test"]["accuracy"])

@@ -244,3 +244,49 @@ def test_a_pickle_placed_where_state_or_weights_are_read_never_runs(trained, tmp
     with pytest.raises(CrossneuronError, match="missing or corrupt"):
         checkpoint.load(copy)
     assert not marker.exists()
+
+
+def test_bf16_training_passes_follow_fp32_and_resume_like_fp32(trained, tmp_path, cli):
+    """--precision bf16: one step's gradients point where fp32's do (the independent reference: the same
+    step in fp32), the model learns, a resumed run equals an uninterrupted one, the stored weights are
+    ordinary contiguous fp16, a pre-0.18 config (no precision) resumes as fp32, and a bad value is one line."""
+    import torch.nn.functional as F
+
+    from crossneuron.models import build_model
+    from crossneuron.train import autocast, memory_format
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, (3, 32, 32), 0.25)
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+
+    def grads(precision):
+        model.zero_grad()
+        m = model.to(memory_format=memory_format(precision))
+        with autocast(precision, "cpu"):
+            logits = m(x.contiguous(memory_format=memory_format(precision))).float()
+        F.cross_entropy(logits, y).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    g32, g16 = grads("fp32"), grads("bf16")
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert F.cosine_similarity(g32, g16, 0) > 0.95 and not torch.equal(g32, g16)  # bf16 ran, and stayed close
+    bf16 = {**CFG, "epochs": 2, "precision": "bf16"}
+    assert train(TrainConfig(**bf16), tmp_path / "a", quiet=True, stop_after=1) is None
+    metrics = train(TrainConfig(**bf16), tmp_path / "a", quiet=True, resume=True)
+    train(TrainConfig(**bf16), tmp_path / "b", quiet=True)
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a) and metrics["test_accuracy"] > 30
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["precision"] == "bf16"
+    out, _ = trained  # an older run folder's config has no precision: resuming it is fp32, as it was trained
+    old = tmp_path / "old"
+    assert train(TrainConfig(**CFG), old, quiet=True, stop_after=2) is None
+    config = json.loads((old / "config.json").read_text())
+    del config["precision"]
+    (old / "config.json").write_text(json.dumps(config))
+    train(TrainConfig(**CFG), old, quiet=True, resume=True)
+    a, b = weights(old), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    code, _, err = cli("train", "--model", "resnet18", "--dataset", "synthetic", "--out", tmp_path / "x",
+                       "--precision", "fp16")  # fmt: skip
+    assert code != 0 and "--precision must be one of fp32, bf16, got 'fp16'" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()

@@ -173,6 +173,11 @@ def train(
     input_size: Annotated[int | None, typer.Option(help="imagefolder:DIR only: image side (default 224)")] = None,
     mean: Annotated[str | None, typer.Option(help="imagefolder:DIR only: R,G,B mean (default ImageNet's)")] = None,
     std: Annotated[str | None, typer.Option(help="imagefolder:DIR only: R,G,B std (default ImageNet's)")] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: training passes in bfloat16 autocast and channels_last (about 3x "
+                               "faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs); weights, optimiser "
+                               "and every measurement stay fp32")
+    ] = "fp32",
 ):
     """Train a model; a checkpoint each epoch; metrics.json with val and test accuracy at the end."""
     from .train import TrainConfig
@@ -180,7 +185,7 @@ def train(
 
     cfg = TrainConfig(model, dataset, width, epochs, batch_size, lr, seed=seed, val_size=val_size, device=device,
                       half=not fp32, weights=weights, input_size=input_size, mean=_floats(mean, "--mean") if mean
-                      else None, std=_floats(std, "--std") if std else None)  # fmt: skip
+                      else None, std=_floats(std, "--std") if std else None, precision=precision)  # fmt: skip
     log = (lambda line: typer.echo(line, err=True)) if quiet or not sys.stderr.isatty() else None
     metrics = run(cfg, out, data_root, download, resume, quiet or not sys.stderr.isatty(), stop_after, log)
     if metrics is None:
@@ -513,12 +518,18 @@ def retrain(
         int, typer.Option(help="search-retrain rounds: retrain, search the retrained network again (budget held "
                                "against the original model), retrain with those masks...; 0: one retraining")
     ] = 0,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: training passes in bfloat16 autocast and channels_last (about 3x "
+                               "faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs); weights, optimiser "
+                               "and every measurement stay fp32")
+    ] = "fp32",
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
 
     strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
-                    predictability=predictability, slack=slack, warmup=warmup, teacher=teacher)  # fmt: skip
+                    predictability=predictability, slack=slack, warmup=warmup, teacher=teacher,
+                    precision=precision)  # fmt: skip
     if rounds:
         from .retrain import rounds as run_rounds
 

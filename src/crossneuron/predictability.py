@@ -85,7 +85,7 @@ class Predictability:
         total = None
         images = 1
         for layer, x in self.inputs:
-            part = patch_penalty(x, layer.mask, layer.patch_size, self.macs[id(layer)], self.slack)
+            part = patch_penalty(x.float(), layer.mask, layer.patch_size, self.macs[id(layer)], self.slack)
             total = part if total is None else total + part
             images = x.shape[0]
         self.inputs = []

@@ -42,7 +42,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
             engine: str = "fast", progress=None, other_data: bool = False, distill: float = 0.0,
             temperature: float = 4.0, predictability: float = 0.0, slack: float = 0.0,
-            warmup: float = 0.0, teacher: str | None = None) -> dict:  # fmt: skip
+            warmup: float = 0.0, teacher: str | None = None, precision: str = "fp32") -> dict:  # fmt: skip
     result_path = Path(result_path)
     if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
         raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
@@ -54,13 +54,15 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
     attach_result(ctx.model, ctx.spec.input_shape, data)  # refuse masks of another model before any work
     check_teacher(teacher, ctx.meta["dataset"], ctx.meta["num_classes"])  # and a teacher of other data
     out = Path(out) if out else default_out(result_path, data)
+    meta = ctx.meta
+    cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"],
+                      device=device, init=str(ctx.path.resolve()), masks=str(result_path.resolve()),
+                      distill=distill, temperature=temperature, predictability=predictability, slack=slack,
+                      warmup=warmup, teacher=str(Path(teacher).resolve()) if teacher else None,
+                      precision=precision)  # fmt: skip
+    cfg.check()  # bad options: one line before any folder is made
     with folder_lock(out):  # one writer per folder (train, inside, takes the same lock again)
-        meta = ctx.meta
-        cfg = TrainConfig(model=meta["model"], dataset=meta["dataset"], width=meta["width"], epochs=epochs,
-                          batch_size=batch_size, lr=lr, seed=meta["split_seed"], val_size=meta["val_size"],
-                          device=device, init=str(ctx.path.resolve()), masks=str(result_path.resolve()),
-                          distill=distill, temperature=temperature, predictability=predictability, slack=slack,
-                          warmup=warmup, teacher=str(Path(teacher).resolve()) if teacher else None)  # fmt: skip
         t0 = time.perf_counter()
         metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
         seconds = time.perf_counter() - t0
@@ -85,6 +87,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             "predictability": predictability,
             "slack": slack,
             "warmup": warmup,
+            "precision": precision,
             "train_seconds": metrics["train_seconds"],
             "seconds": seconds,
             "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction

@@ -27,6 +27,7 @@ from .splits import batches, make_split, split_arrays
 from .usermodels import canonical, is_user_model, load_weights_file
 
 STATE = "train_state.pt"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     predictability: float = 0.0  # weight of the predictability term (retraining with masks; predictability.py)
     slack: float = 0.0  # the term's gate: 0 counts only patches whose predicted positions are all zero
     warmup: float = 0.0  # epochs of linear learning-rate warm-up before the cosine decay
+    precision: str = "fp32"  # "bf16": training passes in bfloat16 autocast, channels_last (see autocast())
     input_size: int | None = None  # imagefolder:DIR only: image side (default 224)
     mean: list[float] | None = None  # imagefolder:DIR only: normalisation (default ImageNet's)
     std: list[float] | None = None
@@ -76,6 +78,8 @@ class TrainConfig:
             raise CrossneuronError("--predictability works on a search's masks: it needs --masks (as retrain sets)")
         if not 0 <= self.warmup < max(self.epochs, 1):
             raise CrossneuronError(f"--warmup must be at least 0 and below --epochs ({self.epochs}), got {self.warmup}")
+        if self.precision not in PRECISIONS:
+            raise CrossneuronError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size < 1:
             raise CrossneuronError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -114,6 +118,37 @@ def lr_factor(total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]
         return 0.5 * (1 + math.cos(math.pi * (s - warmup_steps) / max(1, total_steps - warmup_steps)))
 
     return factor
+
+
+def autocast(precision: str, device: str):
+    """The training passes' context: ``bf16`` runs them in bfloat16 autocast (weights, gradients and the
+    optimiser stay fp32, so no loss scaling is needed), ``fp32`` changes nothing. Only training uses it:
+    validation, test and every measurement stay in fp32 (precision.py)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    """bf16 training also keeps activations channels_last (NHWC), the layout oneDNN's and cuDNN's bf16
+    convolutions are fastest in; fp32 training keeps PyTorch's default layout, as before 0.18."""
+    return torch.channels_last if precision == "bf16" else torch.contiguous_format
+
+
+def step_loss(cfg: TrainConfig, runner, teacher, term, xb: torch.Tensor, yb: torch.Tensor):
+    """One training batch's forward passes and loss: (logits, loss). Labels' cross-entropy, or distillation
+    from ``teacher``'s logits where it is given, plus ``cfg.predictability`` x the term; the passes in
+    ``cfg.precision``, the losses in fp32."""
+    xb = xb.contiguous(memory_format=memory_format(cfg.precision))
+    with autocast(cfg.precision, cfg.device):
+        logits = runner(xb).float()
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(xb).float()
+    loss = F.cross_entropy(logits, yb)
+    if teacher is not None:
+        loss = distill_loss(logits, soft, yb, cfg.distill, cfg.temperature)
+    if cfg.predictability > 0:
+        loss = loss + cfg.predictability * term.term()
+    return logits, loss
 
 
 def with_masks(model: torch.nn.Module, spec, masks_path: str | None) -> torch.nn.Module:
@@ -185,7 +220,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
                                    "train into another --out") from None  # fmt: skip
         new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0,  # pre-0.6
                       "predictability": 0.0, "slack": 0.0, "warmup": 0.0,  # pre-0.7
-                      "teacher": None}  # pre-0.15
+                      "teacher": None,  # pre-0.15
+                      "precision": "fp32"}  # pre-0.18
         if {**new_fields, **stored} != asdict(cfg):
             raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
     write_json(config_path, asdict(cfg))
@@ -204,8 +240,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         model.load_state_dict(original.state_dict())
         if cfg.distill > 0:  # the original network (or --teacher's), frozen, without masks
             source = checkpoint.load(cfg.teacher)[0] if cfg.teacher else original
-            teacher = source.to(cfg.device).eval().requires_grad_(False)
-    model = model.to(cfg.device)
+            teacher = source.to(cfg.device, memory_format=memory_format(cfg.precision)).eval().requires_grad_(False)
+    model = model.to(cfg.device, memory_format=memory_format(cfg.precision))
     runner = with_masks(model, spec, cfg.masks)  # what trains and is measured; shares model's parameters
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
@@ -260,14 +296,7 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
             runner.train()
             t0, seen, loss_sum, hits = time.perf_counter(), 0, 0.0, 0
             for xb, yb in batches(x_train, y_train, spec, cfg.batch_size, cfg.device, shuffle, train_augment=True):
-                logits = runner(xb)
-                loss = F.cross_entropy(logits, yb)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = teacher(xb)
-                    loss = distill_loss(logits, soft, yb, cfg.distill, cfg.temperature)
-                if cfg.predictability > 0:
-                    loss = loss + cfg.predictability * term.term()
+                logits, loss = step_loss(cfg, runner, teacher, term, xb, yb)
                 if not torch.isfinite(loss):  # nothing of this epoch is saved: the last checkpoint stays good
                     kept = f"{out} keeps epoch {epoch}'s checkpoint" if epoch else "nothing was saved"
                     raise CrossneuronError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}): {kept}; "

@@ -74,6 +74,8 @@ def load_run(path: str | Path) -> Run:
 def strategy(record: dict) -> str:
     """A retraining's strategy in words, from its retrain.json (options at their defaults left out)."""
     parts = [f"{record['epochs']} ep"]
+    if record.get("precision", "fp32") != "fp32":
+        parts.append(record["precision"])
     if record.get("warmup"):
         parts.append(f"warm-up {record['warmup']:g}")
     if record.get("distill"):
