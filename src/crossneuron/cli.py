@@ -134,6 +134,11 @@ def main() -> None:
         raise
 
 
+Precision = Annotated[
+    str, typer.Option(help="fp32, or bf16: training passes in bfloat16 autocast and channels_last (about 3x faster "
+                           "on CPUs with AMX or AVX-512 BF16 and on recent GPUs); weights, optimiser and every "
+                           "measurement stay fp32")
+]
 DataRoot = Annotated[
     str | None, typer.Option("--data-root", help="folder with the data files (default: $CROSSNEURON_DATA)")
 ]
@@ -173,11 +178,7 @@ def train(
     input_size: Annotated[int | None, typer.Option(help="imagefolder:DIR only: image side (default 224)")] = None,
     mean: Annotated[str | None, typer.Option(help="imagefolder:DIR only: R,G,B mean (default ImageNet's)")] = None,
     std: Annotated[str | None, typer.Option(help="imagefolder:DIR only: R,G,B std (default ImageNet's)")] = None,
-    precision: Annotated[
-        str, typer.Option(help="fp32, or bf16: training passes in bfloat16 autocast and channels_last (about 3x "
-                               "faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs); weights, optimiser "
-                               "and every measurement stay fp32")
-    ] = "fp32",
+    precision: Precision = "fp32",
 ):
     """Train a model; a checkpoint each epoch; metrics.json with val and test accuracy at the end."""
     from .train import TrainConfig
@@ -518,11 +519,7 @@ def retrain(
         int, typer.Option(help="search-retrain rounds: retrain, search the retrained network again (budget held "
                                "against the original model), retrain with those masks...; 0: one retraining")
     ] = 0,
-    precision: Annotated[
-        str, typer.Option(help="fp32, or bf16: training passes in bfloat16 autocast and channels_last (about 3x "
-                               "faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs); weights, optimiser "
-                               "and every measurement stay fp32")
-    ] = "fp32",
+    precision: Precision = "fp32",
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
