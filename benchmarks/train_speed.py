@@ -16,26 +16,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import time
 
 import torch
+from reproduce import machine
 
 from crossneuron import checkpoint
 from crossneuron.context import open_checkpoint
 from crossneuron.predictability import Predictability
 from crossneuron.splits import batches
 from crossneuron.train import TrainConfig, memory_format, step_loss, with_masks
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -92,11 +82,9 @@ def main() -> None:
     for p, rate in rates.items():
         ratio = f"  ({rate / base:.2f}x fp32)" if base and p != "fp32" else ""
         print(f"{p}: {rate:.1f} images/s{ratio}")
-    machine = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name()
     print(json.dumps({"checkpoint": args.checkpoint, "masks": args.masks, "distill": args.distill,
                       "predictability": args.predictability, "batch_size": args.batch_size, "batches": args.batches,
-                      "images_per_s": rates, "machine": machine, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}))  # fmt: skip
+                      "images_per_s": rates, "machine": machine(args.device)}))  # fmt: skip
 
 
 if __name__ == "__main__":
