@@ -289,7 +289,7 @@ def test_a_round_keeps_the_better_masks_judged_on_calibration_images(searched, t
 
 def test_bf16_retraining_with_every_term_records_it_and_reproduces(searched, tmp_path):
     """`retrain --precision bf16` with distillation and the predictability term (its sums kept in fp32):
-    the record and the report's strategy say bf16, the retrained weights differ from fp32's, and
+    quiet, it logs one line per epoch; the record and the report's strategy say bf16, the retrained weights differ from fp32's, and
     `evaluate --masks` (fp32) reproduces the measured accuracy."""
     from crossneuron.report.load import strategy
 
@@ -299,6 +299,8 @@ def test_bf16_retraining_with_every_term_records_it_and_reproduces(searched, tmp
     for precision in ("bf16", "fp32"):
         cli = CliRunner().invoke(app, [*args, "--out", str(tmp_path / precision), "--precision", precision])
         assert cli.exit_code == 0, cli.output
+        assert "epoch 1/1: loss" in cli.stderr  # quiet: one line per epoch on stderr, the JSON alone on stdout
+        assert json.loads(cli.stdout)["precision"] == precision
     record = json.loads((tmp_path / "bf16" / "retrain.json").read_text())
     assert record["precision"] == "bf16" and "bf16" in strategy(record)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"

@@ -524,9 +524,10 @@ def retrain(
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
 
+    quiet = quiet or as_json or not sys.stderr.isatty()
     strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
                     predictability=predictability, slack=slack, warmup=warmup, teacher=teacher,
-                    precision=precision)  # fmt: skip
+                    precision=precision, log=(lambda line: typer.echo(line, err=True)) if quiet else None)  # fmt: skip
     if rounds:
         from .retrain import rounds as run_rounds
 
@@ -545,7 +546,7 @@ def retrain(
         return
 
     record = run(checkpoint, masks, out, data_root=data_root, device=device, resume=resume,
-                 quiet=quiet or as_json or not sys.stderr.isatty(), research=research, engine=engine,
+                 quiet=quiet, research=research, engine=engine,
                  other_data=other_data, **strategy)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(record, indent=2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .context import open_checkpoint
@@ -42,7 +43,8 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             data_root=None, device: str = "cpu", resume: bool = False, quiet: bool = False, research: bool = False,
             engine: str = "fast", progress=None, other_data: bool = False, distill: float = 0.0,
             temperature: float = 4.0, predictability: float = 0.0, slack: float = 0.0,
-            warmup: float = 0.0, teacher: str | None = None, precision: str = "fp32") -> dict:  # fmt: skip
+            warmup: float = 0.0, teacher: str | None = None, precision: str = "fp32",
+            log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     result_path = Path(result_path)
     if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
         raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
@@ -64,7 +66,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
     cfg.check()  # bad options: one line before any folder is made
     with folder_lock(out):  # one writer per folder (train, inside, takes the same lock again)
         t0 = time.perf_counter()
-        metrics = train(cfg, out, data_root, resume=resume, quiet=quiet)
+        metrics = train(cfg, out, data_root, resume=resume, quiet=quiet, log=log)
         seconds = time.perf_counter() - t0
         new = open_checkpoint(out, data_root, device, other_data=other_data)
         options = data.options
