@@ -289,8 +289,8 @@ def test_a_round_keeps_the_better_masks_judged_on_calibration_images(searched, t
 
 def test_bf16_retraining_with_every_term_records_it_and_reproduces(searched, tmp_path):
     """`retrain --precision bf16` with distillation and the predictability term (its sums kept in fp32):
-    quiet, it logs one line per epoch; the record and the report's strategy say bf16, the retrained weights differ from fp32's, and
-    `evaluate --masks` (fp32) reproduces the measured accuracy."""
+    quiet, it logs one line per epoch; the record and the report's strategy say bf16, the retrained
+    weights differ from fp32's, and `evaluate --masks` (fp32) reproduces the measured accuracy."""
     from crossneuron.report.load import strategy
 
     result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"

@@ -556,3 +556,38 @@ def retrain(
                f"(no prediction: {record['base_accuracy']:.2f}% before); MACs saved {b['macs_saved_pct_network']:.2f}% "
                f"-> {a['macs_saved_pct_network']:.2f}% of network")  # fmt: skip
     typer.echo(f"retrained checkpoint: {record['retrained']}")
+
+
+@app.command()
+def grow(
+    checkpoint: Annotated[str, typer.Option(help="a retrained checkpoint folder")],
+    masks: Annotated[str, typer.Option(help="the result.json it was retrained with (its retrain's result.json)")],
+    original: Annotated[str, typer.Option(help="the checkpoint the first search ran on: the budget's reference")],
+    eps: Annotated[float, typer.Option(help="accuracy points the grown masks may lose against --original")],
+    out: Annotated[str | None, typer.Option(help="result.json to write (default CHECKPOINT/grow-eps-<e>/result.json)")]
+    = None,  # fmt: skip
+    data_root: DataRoot = None,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: bool = False,
+    other_data: OtherData = False,
+):
+    """Make a retrained network's masks predict more, one computed position at a time, within eps of the original."""
+    from pathlib import Path
+
+    from .context import open_checkpoint
+    from .grow import grow_to
+    from .result import load_result
+
+    result = load_result(masks)
+    ctx = open_checkpoint(checkpoint, data_root, device, other_data=other_data)
+    reference = open_checkpoint(original, data_root, device, other_data=other_data)
+    path = Path(out) if out else Path(checkpoint) / f"grow-eps-{eps:g}" / "result.json"
+    log = None if quiet or as_json else (lambda line: typer.echo(line, err=True))
+    grown = grow_to(path, ctx, result, reference, eps, log=log)
+    if as_json:
+        typer.echo(json.dumps(grown.to_json(), indent=2))
+        return
+    typer.echo(f"grown in {grown.chosen_step} step(s): {grown.macs_saved_pct_network:.2f}% of network MACs saved at "
+               f"a test drop of {grown.test_drop:.2f} against the original model (calibration drop "
+               f"{grown.calib_drop:.2f}; oracle {grown.oracle_pct_network:.2f}%) -> {path}")  # fmt: skip
