@@ -77,10 +77,8 @@ def _images(ctx: Context, result: Result):
     return (x_cal, y_cal, cal_hash), (x_ver, y_ver, ver_hash), (x_chk, y_chk, chk_hash)
 
 
-def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes: int = 10,
-         log: Callable[[str], None] | None = None) -> Result:  # fmt: skip
-    """Grow ``result``'s masks on ``ctx``'s network within ``eps`` points of ``original``'s accuracy
-    (module doc); returns the grown result, measured on calibration, check and test images."""
+def check(ctx: Context, result: Result, original: Context, eps: float) -> dict[str, int]:
+    """Refuse what cannot grow in one line (before any work or folder); returns ``site_codes(result)``."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 100:
         raise CrossneuronError(f"--eps must be a number of accuracy points from 0 to 100, got {eps!r}")
     for c in (ctx, original):
@@ -90,7 +88,14 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
         raise CrossneuronError(f"--original {original.path} is {original.meta['model']} on {original.meta['dataset']}"
                                f", not {ctx.meta['model']} on {ctx.meta['dataset']}: pass the model the first "
                                "search ran on")  # fmt: skip
-    codes = site_codes(result)
+    return site_codes(result)
+
+
+def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes: int = 10,
+         log: Callable[[str], None] | None = None) -> Result:  # fmt: skip
+    """Grow ``result``'s masks on ``ctx``'s network within ``eps`` points of ``original``'s accuracy
+    (module doc); returns the grown result, measured on calibration, check and test images."""
+    codes = check(ctx, result, original, eps)
     say = log or (lambda _line: None)
     spec, device, bs = ctx.spec, ctx.device, int(result.options.get("batch_size", 500))
     (x_cal, y_cal, cal_hash), (x_ver, y_ver, ver_hash), (x_chk, y_chk, _) = _images(ctx, result)
@@ -174,6 +179,7 @@ def _measured(ctx, original, grown: Result, eps, trajectory, floor, net, hashes,
 def grow_to(path: str | Path, ctx: Context, result: Result, original: Context, eps: float,
             log: Callable[[str], None] | None = None) -> Result:  # fmt: skip
     """``grow`` and write the result to ``path`` (atomically; an existing file is never replaced)."""
+    check(ctx, result, original, eps)
     path = Path(path)
     if path.exists():
         raise CrossneuronError(f"{path} already exists: choose another --out")
