@@ -117,3 +117,30 @@ def test_cli_grow_writes_a_result_evaluate_reproduces_and_refuses_bad_input(two_
     assert code != 0 and "--eps" in stderr and not (tmp_path / "i.json").exists()
     with pytest.raises(CrossneuronError, match="already exists"):
         grow_to(out, open_checkpoint(root / "ckpt"), grown, open_checkpoint(root / "ckpt"), 1.0)
+
+
+def test_rounds_that_grow_hold_eps_against_the_original_and_resume(two_of_four, cli, tmp_path):
+    """`retrain --rounds 1 --grow`: the round grows the masks it retrained with, epsilon itself against
+    the original model; a rerun after round.json is lost reuses the grown result; --grow alone is refused."""
+    from crossneuron.retrain import rounds
+
+    root, path = two_of_four
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps(_all_at(load_result(path), 0b1001).to_json()))
+    out = tmp_path / "rounds"
+    options = dict(epochs=1, lr=0.01, batch_size=64, grow=True)
+    (r,) = rounds(root / "ckpt", start, 1, out=out, **options)["rounds"]
+    grown_path = out / "round-1" / "grow" / "result.json"
+    grown = load_result(grown_path)
+    assert r["search"] == "grow" and r["eps_searched"] == 3.0 and grown.eps == 3.0
+    assert grown.calib_base_accuracy == pytest.approx(load_result(path).calib_base_accuracy)  # the original's
+    assert grown.calib_drop <= 3.0 + 1e-9
+    assert all(c & ~0b1001 == 0 for c in site_codes(grown).values())
+    assert r["searched"]["accuracy"] == pytest.approx(grown.test_accuracy)
+    assert r["searched"]["drop_vs_original"] == pytest.approx(grown.test_drop)
+    mtime = grown_path.stat().st_mtime_ns
+    (out / "round-1" / "round.json").unlink()
+    (again,) = rounds(root / "ckpt", start, 1, out=out, **options)["rounds"]
+    assert grown_path.stat().st_mtime_ns == mtime and again["searched"] == r["searched"]
+    code, _, stderr = cli("retrain", "--checkpoint", root / "ckpt", "--masks", start, "--grow", "--out", tmp_path / "x")
+    assert code != 0 and "--grow works with --rounds" in stderr and not (tmp_path / "x").exists()

@@ -519,6 +519,8 @@ def retrain(
         int, typer.Option(help="search-retrain rounds: retrain, search the retrained network again (budget held "
                                "against the original model), retrain with those masks...; 0: one retraining")
     ] = 0,
+    grow: Annotated[bool, typer.Option(help="with --rounds: each round grows the masks it retrained with "
+                                             "(crossneuron grow) instead of searching from no prediction")] = False,
     precision: Precision = "fp32",
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
@@ -528,18 +530,21 @@ def retrain(
     strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
                     predictability=predictability, slack=slack, warmup=warmup, teacher=teacher,
                     precision=precision, log=(lambda line: typer.echo(line, err=True)) if quiet else None)  # fmt: skip
+    if grow and not rounds:
+        raise CrossneuronError("--grow works with --rounds N; to grow one retrained network's masks: crossneuron grow")
     if rounds:
         from .retrain import rounds as run_rounds
 
         summary = run_rounds(checkpoint, masks, rounds, out, engine, data_root=data_root, device=device,
-                             other_data=other_data, **strategy)  # fmt: skip
+                             other_data=other_data, grow=grow, **strategy)  # fmt: skip
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
             return
         for r in summary["rounds"]:
             s = r["searched"]
             c = r.get("chosen", s)
-            typer.echo(f"round {r['round']}: searched at eps {r['eps_searched']:g}: {s['macs_saved_pct_network']:.2f}% "
+            how = "grown" if r.get("search") == "grow" else "searched"
+            typer.echo(f"round {r['round']}: {how} at eps {r['eps_searched']:g}: {s['macs_saved_pct_network']:.2f}% "
                        f"of network MACs saved at a test drop of {s['drop_vs_original']:.2f} against the original "
                        f"model (oracle {s['oracle_pct_network']:.2f}%); kept the {r.get('kept', 'searched')} masks: "
                        f"{c['macs_saved_pct_network']:.2f}% at {c['drop_vs_original']:.2f}")  # fmt: skip

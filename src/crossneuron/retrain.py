@@ -20,6 +20,7 @@ from .context import open_checkpoint
 from .errors import CrossneuronError
 from .evaluate import measure
 from .fsutil import folder_lock, write_json
+from .grow import grow_to
 from .result import Result, attach_result, load_result, write_result
 from .runfolder import calibration, check_images, optimize
 from .search.options import SearchOptions
@@ -163,7 +164,8 @@ def keep_better(original: Result, searched: Path, retrained: Path) -> tuple[str,
 
 
 def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fast", progress=None,
-           data_root=None, device: str = "cpu", other_data: bool = False, **train_options) -> dict:  # fmt: skip
+           data_root=None, device: str = "cpu", other_data: bool = False, grow: bool = False,
+           **train_options) -> dict:  # fmt: skip
     """Search-retrain rounds (``retrain --rounds N``): round k retrains the previous round's network with
     the previous round's masks (round 1: the source checkpoint and ``result_path``) into
     ``out/round-k``, then searches that network again (``round-k/search``, the result's mode and options)
@@ -173,7 +175,9 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
     ``round-k/round.json``. The round hands on the better of the new search's masks and the ones it
     retrained with (``keep_better``, on calibration images), recorded as ``kept`` / ``chosen``; a
     finished round is never run again, so a killed run resumes where it
-    stopped. Returns ``{"rounds": [...]}``, also written to ``out/rounds.json``."""
+    stopped. ``grow`` (``--grow``): instead of a search from no prediction, round k grows the masks it
+    retrained with (``grow.grow``, ``round-k/grow/result.json``) within epsilon itself of the original.
+    Returns ``{"rounds": [...]}``, also written to ``out/rounds.json``."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise CrossneuronError(f"--rounds must be a number of rounds >= 1, got {count!r}")
     result_path = Path(result_path)
@@ -195,18 +199,24 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
             record = retrain(ckpt, masks, out=folder, data_root=data_root, device=device, resume=True, quiet=True,
                              other_data=other_data, **train_options)  # fmt: skip
             new = open_checkpoint(folder, data_root, device, other_data=other_data)
-            lost = data.calib_base_accuracy - record["after"]["calib"]["no_prediction_accuracy"]  # vs the original
-            eps = round(max(0.0, data.eps - lost), 2)
-            searched = dataclasses.replace(options, eps=[eps], modes=[data.mode])
-            optimize(new, searched, folder / "search", engine, progress)
-            found = folder / "search" / data.mode / f"eps-{eps:g}" / "result.json"
-            after = _measure(new.model, new, load_result(found), x_test, y_test, searched.batch_size)
+            if grow:  # from the masks the network was trained with, eps itself against the original (grow.py)
+                eps, found = data.eps, folder / "grow" / "result.json"
+                if not found.is_file():  # written whole or not at all: a rerun after a kill reuses it
+                    grow_to(found, new, load_result(folder / "result.json"), original, eps)
+            else:
+                lost = data.calib_base_accuracy - record["after"]["calib"]["no_prediction_accuracy"]  # vs original
+                eps = round(max(0.0, data.eps - lost), 2)
+                searched = dataclasses.replace(options, eps=[eps], modes=[data.mode])
+                optimize(new, searched, folder / "search", engine, progress)
+                found = folder / "search" / data.mode / f"eps-{eps:g}" / "result.json"
+            after = _measure(new.model, new, load_result(found), x_test, y_test, options.batch_size)
             searched_numbers = {**after, "drop_vs_original": data.test_base_accuracy - after["accuracy"]}
             kept, kept_path = keep_better(data, found, folder / "result.json")
             chosen = searched_numbers if kept == "searched" else record["after"]["test"]
             write_json(path, {
                 "round": k, "checkpoint": str(folder.resolve()), "masks_in": str(Path(masks).resolve()),
                 "masks_out": str(kept_path.resolve()), "kept": kept, "eps": data.eps, "eps_searched": eps,
+                "search": "grow" if grow else "search",
                 "original_test_accuracy": data.test_base_accuracy,
                 "retrained": {"test": record["after"]["test"], "calib": record["after"]["calib"]},
                 "searched": searched_numbers,
