@@ -10,8 +10,9 @@ The budget is held against the *original* model (the one the first search ran on
 a grown set of masks must keep ``original - accuracy <= eps`` points on the calibration images and on
 the verify images (both are searched on here; the check images and the test split are not). A pass
 screens every move alone on the calibration images, then tries them in order of MACs gained per point
-lost (a move that loses nothing first), each on top of those accepted so far, and keeps a move when the
-whole set stays within the budget on both sets of images. Passes repeat until one accepts nothing.
+lost (a loss under one image counts as one image), each on top of those accepted so far, and keeps a
+move when the whole set stays within the budget on both sets of images (one move per site per pass).
+Passes repeat until one accepts nothing.
 
 Only masks with one whole-site pattern per site (uniform-layer results) can grow; sites without
 prediction stay so. The result.json it writes has the original model's accuracies as its base
