@@ -116,9 +116,9 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
         f"{now.macs_saved_pct_network:.2f}% of network MACs saved")  # fmt: skip
     trajectory = []
     for _ in range(max_passes):
-        screened = []
+        screened, alone = [], {}
         for name, code in moves(codes):
-            r = score({**codes, name: code}, "calib")
+            r = alone[name, code] = score({**codes, name: code}, "calib")
             gain, lost = r.macs_saved_pct_network - now.macs_saved_pct_network, now.accuracy - r.accuracy
             if gain > 0 and floor["calib"] - r.accuracy <= eps + 1e-9:
                 screened.append((gain / max(lost, 100.0 / len(y_cal)), name, code))
@@ -127,7 +127,7 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
             if name in moved:
                 continue
             trial = {**codes, name: code}
-            cal = score(trial, "calib")
+            cal = score(trial, "calib") if accepted else alone[name, code]  # nothing taken yet: the screen's
             if floor["calib"] - cal.accuracy > eps + 1e-9:
                 continue
             ver = score(trial, "verify")
@@ -145,15 +145,15 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
         if not accepted:
             break
     return _measured(ctx, original, with_codes(result, codes), eps, trajectory, floor, net, (cal_hash, ver_hash),
-                     (x_cal, y_cal), (x_chk, y_chk), len(y_ver), bs)  # fmt: skip
+                     now, (x_chk, y_chk), len(y_ver), bs)  # fmt: skip
 
 
-def _measured(ctx, original, grown: Result, eps, trajectory, floor, net, hashes, cal, chk, n_ver, bs) -> Result:
-    """The grown result with its numbers: calibration, check and test, each against the original model."""
+def _measured(ctx, original, grown: Result, eps, trajectory, floor, net, hashes, c, chk, n_ver, bs) -> Result:
+    """The grown result with its numbers (``c``: its calibration measurement; check and test measured here),
+    each against the original model."""
     spec, device = ctx.spec, ctx.device
     apply_result(net, grown)
     x_test, y_test = ctx.data("test")
-    c = measure(net, spec, *cal, None, bs, device)
     t = measure(net, spec, x_test, y_test, None, bs, device)
     k = measure(net, spec, *chk, None, bs, device) if len(chk[1]) else None
     base_test = 100.0 * correct_count(original.model, x_test, y_test, spec, bs, device) / len(y_test)
@@ -184,8 +184,7 @@ def grow_to(path: str | Path, ctx: Context, result: Result, original: Context, e
     path = Path(path)
     if path.exists():
         raise CrossneuronError(f"{path} already exists: choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with folder_lock(path.parent):
+    with folder_lock(path.parent):  # creates the folder
         grown = grow(ctx, result, original, eps, log=log)
         if path.exists():
             raise CrossneuronError(f"{path} appeared while growing (another process?): choose another --out")
