@@ -311,3 +311,34 @@ def test_bf16_retraining_with_every_term_records_it_and_reproduces(searched, tmp
                                    str(tmp_path / "bf16" / "result.json"), "--split", "test", "--json"])  # fmt: skip
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.output)["accuracy"] == pytest.approx(record["after"]["test"]["accuracy"])
+
+
+def test_a_retraining_of_a_retrained_network_measures_drops_against_the_original(searched, tmp_path):
+    """Chains (0.20): retraining a retrained network with its result.json keeps the *original* model's
+    no-prediction accuracies as the base, checked against a plain count on the original; a chain whose
+    first link is gone ends at the first retrained network, and the record says so."""
+    from crossneuron.evaluate import correct_count
+    from crossneuron.result import load_result
+    from crossneuron.retrain import chain_original
+
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    shutil.copytree(searched / "ckpt", tmp_path / "orig")
+    first = retrain(tmp_path / "orig", result, out=tmp_path / "r1", epochs=1, lr=0.01, batch_size=64, quiet=True)
+    second = retrain(tmp_path / "r1", tmp_path / "r1" / "result.json", out=tmp_path / "r2", epochs=1, lr=0.01,
+                     batch_size=64, quiet=True)  # fmt: skip
+    orig = open_checkpoint(tmp_path / "orig")
+    x, y = orig.data("test")
+    by_hand = 100.0 * correct_count(orig.model, x, y, orig.spec) / len(y)
+    assert chain_original(tmp_path / "r2") == (tmp_path / "orig").resolve() == Path(second["original"])
+    for record, folder in ((first, "r1"), (second, "r2")):
+        assert record["base_accuracy"] == pytest.approx(by_hand)
+        r = load_result(tmp_path / folder / "result.json")
+        assert r.test_base_accuracy == pytest.approx(by_hand)
+        assert r.test_drop == pytest.approx(by_hand - record["after"]["test"]["accuracy"])
+        assert r.calib_drop == pytest.approx(r.calib_base_accuracy - r.calib_accuracy)
+    # the second's calibration base is the original's too (not r1's own accuracy without prediction)
+    assert load_result(tmp_path / "r2" / "result.json").calib_base_accuracy == pytest.approx(
+        load_result(result).calib_base_accuracy)  # fmt: skip
+    shutil.rmtree(tmp_path / "orig")  # the chain's first link gone: it ends at r1
+    assert chain_original(tmp_path / "r2") == (tmp_path / "r1").resolve()
+    assert chain_original(searched / "ckpt") == (searched / "ckpt").resolve()

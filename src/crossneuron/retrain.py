@@ -6,6 +6,12 @@ images). Output folder: a checkpoint (``model.safetensors``, ``meta.json``, ``me
 accuracies are with the masks on), ``retrain.json`` (before / after on the test split and the
 calibration images) and ``result.json`` (the masks with the retrained numbers, usable by
 ``evaluate --masks``). ``research``: the search again on the retrained model, into ``search/``.
+
+Drops are against the *original* model (0.20): the one a chain of retrainings began with
+(``chain_original``: back from a checkpoint retrained with masks through its ``init`` to the first
+that was not), without prediction. ``retrain.json``'s ``base_accuracy`` and ``original`` and the
+result.json's ``*_base_accuracy`` / ``*_drop`` say so; each measurement's ``no_prediction_accuracy``
+stays the measured network's own.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .checkpoint import read_meta
 from .context import open_checkpoint
 from .errors import CrossneuronError
-from .evaluate import measure
+from .evaluate import correct_count, measure
 from .fsutil import folder_lock, write_json
 from .grow import grow_to
 from .result import Result, attach_result, load_result, write_result
@@ -38,6 +45,36 @@ def _measure(model, ctx, result: Result, x, y, batch_size) -> dict:
     return {"accuracy": r.accuracy, "no_prediction_accuracy": r.base_accuracy, "drop": r.drop,
             "macs_saved_pct_network": r.macs_saved_pct_network, "macs_saved_pct_sites": r.macs_saved_pct_sites,
             "oracle_pct_network": r.oracle_pct_network, "mispredicted_rate": r.mispredicted_rate}  # fmt: skip
+
+
+def chain_original(checkpoint_dir) -> Path:
+    """The model a chain of retrainings began with: from ``checkpoint_dir`` back through ``init`` while the
+    checkpoint was retrained with masks (meta ``masks``); a link that is gone (moved, deleted) or a
+    loop ends the chain there. A checkpoint not retrained with masks is its own original."""
+    path, seen = Path(checkpoint_dir).resolve(), set()
+    while path not in seen:
+        seen.add(path)
+        meta = read_meta(path)
+        if not meta.get("masks") or not meta.get("init"):
+            break
+        init = Path(meta["init"]).resolve()
+        if not (init / "meta.json").is_file():
+            break
+        path = init
+    return path
+
+
+def _original_base(origin: Path, data: Result, images: dict, bs: int, data_root, device, other_data) -> dict:
+    """The original model's no-prediction accuracy (%) on each named (x, y): from the masks' own record
+    when they were searched on exactly that model, else measured."""
+    ctx = open_checkpoint(origin, data_root, device, other_data=other_data)
+    if Path(data.checkpoint).resolve() == origin and data.weights_hash == ctx.weights_hash:
+        known = {"test": data.test_base_accuracy, "calib": data.calib_base_accuracy,
+                 "check": data.check_base_accuracy}  # fmt: skip
+        if all(known[k] is not None for k in images):
+            return {k: known[k] for k in images}
+    return {k: 100.0 * correct_count(ctx.model, x, y, ctx.spec, bs, ctx.device) / len(y)
+            for k, (x, y) in images.items()}  # fmt: skip
 
 
 def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 0.005, batch_size: int = 128,
@@ -75,6 +112,9 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         x_chk, y_chk, _ = check_images(ctx, options["calib"], options["seed"], data.check_images or 0)
         x_test, y_test = ctx.data("test")
         bs = options.get("batch_size", 500)
+        origin = chain_original(ctx.path)
+        images = {"test": (x_test, y_test), "calib": (x_cal, y_cal), **({"check": (x_chk, y_chk)} if len(y_chk) else {})}
+        base = _original_base(origin, data, images, bs, data_root, device, other_data)
         record = {
             "mode": data.mode,
             "eps": data.eps,
@@ -93,7 +133,9 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             "precision": precision,
             "train_seconds": metrics["train_seconds"],
             "seconds": seconds,
-            "base_accuracy": data.test_base_accuracy,  # test, source model, no prediction
+            "original": str(origin),  # the drops' reference (chain_original)
+            "base_accuracy": base["test"],  # test, original model, no prediction
+            "base": base,  # the original's no-prediction accuracy on each set of images
             "before": {
                 "test": _measure(ctx.model, ctx, data, x_test, y_test, bs),
                 "calib": _measure(ctx.model, ctx, data, x_cal, y_cal, bs),
@@ -108,16 +150,20 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
                 record[key]["check"] = _measure(model, c, data, x_chk, y_chk, bs)
         for key in ("before", "after"):  # the report's keys
             record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
+        for key in ("before", "after"):
+            for images_name, m in record[key].items():
+                if isinstance(m, dict):
+                    m["drop_vs_original"] = base[images_name] - m["accuracy"]
         write_json(out / "retrain.json", record)
         after = record["after"]["test"]
         calib = record["after"]["calib"]
         write_result(out / "result.json", dataclasses.replace(
             data, checkpoint=str(out.resolve()), weights_hash=new.weights_hash, retrained_from=record["checkpoint"],
-            calib_accuracy=calib["accuracy"], calib_base_accuracy=calib["no_prediction_accuracy"],
-            calib_drop=calib["drop"], calib_macs_saved_pct_network=calib["macs_saved_pct_network"],
-            **_check_fields(record["after"].get("check")), test_accuracy=after["accuracy"],
-            test_base_accuracy=after["no_prediction_accuracy"],
-            test_drop=after["drop"], macs_saved_pct_network=after["macs_saved_pct_network"],
+            calib_accuracy=calib["accuracy"], calib_base_accuracy=base["calib"],
+            calib_drop=calib["drop_vs_original"], calib_macs_saved_pct_network=calib["macs_saved_pct_network"],
+            **_check_fields(record["after"].get("check"), base.get("check")), test_accuracy=after["accuracy"],
+            test_base_accuracy=base["test"],
+            test_drop=after["drop_vs_original"], macs_saved_pct_network=after["macs_saved_pct_network"],
             macs_saved_pct_sites=after["macs_saved_pct_sites"], oracle_pct_network=after["oracle_pct_network"],
             mispredicted_rate=after["mispredicted_rate"], trajectory=[],
         ))  # fmt: skip
@@ -127,12 +173,12 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         return record
 
 
-def _check_fields(check: dict | None) -> dict:
-    """result.json's check numbers from a measurement on the check images (all None without one)."""
+def _check_fields(check: dict | None, base: float | None) -> dict:
+    """result.json's check numbers from a measurement on the check images against the original's
+    ``base`` (all None without one)."""
     if check is None:
         return {"check_accuracy": None, "check_base_accuracy": None, "check_drop": None}
-    return {"check_accuracy": check["accuracy"], "check_base_accuracy": check["no_prediction_accuracy"],
-            "check_drop": check["drop"]}  # fmt: skip
+    return {"check_accuracy": check["accuracy"], "check_base_accuracy": base, "check_drop": check["drop_vs_original"]}
 
 
 def search_options(identity: dict) -> SearchOptions:
@@ -204,23 +250,24 @@ def rounds(checkpoint_dir, result_path, count: int, out=None, engine: str = "fas
                 if not found.is_file():  # written whole or not at all: a rerun after a kill reuses it
                     grow_to(found, new, load_result(folder / "result.json"), original, eps)
             else:
-                lost = data.calib_base_accuracy - record["after"]["calib"]["no_prediction_accuracy"]  # vs original
+                lost = record["base"]["calib"] - record["after"]["calib"]["no_prediction_accuracy"]  # vs original
                 eps = round(max(0.0, data.eps - lost), 2)
                 searched = dataclasses.replace(options, eps=[eps], modes=[data.mode])
                 optimize(new, searched, folder / "search", engine, progress)
                 found = folder / "search" / data.mode / f"eps-{eps:g}" / "result.json"
             after = _measure(new.model, new, load_result(found), x_test, y_test, options.batch_size)
-            searched_numbers = {**after, "drop_vs_original": data.test_base_accuracy - after["accuracy"]}
+            base_test = record["base_accuracy"]  # the original's (chain_original)
+            searched_numbers = {**after, "drop_vs_original": base_test - after["accuracy"]}
             kept, kept_path = keep_better(data, found, folder / "result.json")
             chosen = searched_numbers if kept == "searched" else record["after"]["test"]
             write_json(path, {
                 "round": k, "checkpoint": str(folder.resolve()), "masks_in": str(Path(masks).resolve()),
                 "masks_out": str(kept_path.resolve()), "kept": kept, "eps": data.eps, "eps_searched": eps,
                 "search": "grow" if grow else "search",
-                "original_test_accuracy": data.test_base_accuracy,
+                "original_test_accuracy": base_test,
                 "retrained": {"test": record["after"]["test"], "calib": record["after"]["calib"]},
                 "searched": searched_numbers,
-                "chosen": {**chosen, "drop_vs_original": data.test_base_accuracy - chosen["accuracy"]},
+                "chosen": {**chosen, "drop_vs_original": base_test - chosen["accuracy"]},
                 "train_seconds": record["train_seconds"], "seconds": record["seconds"],
             })  # fmt: skip
         round_record = json.loads(path.read_text())
