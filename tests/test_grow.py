@@ -144,3 +144,62 @@ def test_rounds_that_grow_hold_eps_against_the_original_and_resume(two_of_four, 
     assert grown_path.stat().st_mtime_ns == mtime and again["searched"] == r["searched"]
     code, _, stderr = cli("retrain", "--checkpoint", root / "ckpt", "--masks", start, "--grow", "--out", tmp_path / "x")
     assert code != 0 and "--grow works with --rounds" in stderr and not (tmp_path / "x").exists()
+
+
+def test_repairs_compute_one_predicted_position_by_hand():
+    from crossneuron.grow import repairs
+
+    assert repairs({"a": 0b1011, "b": 0b1111, "c": 0b0001}, 2) == [("a", 0b1111), ("c", 0b0011), ("c", 0b0101),
+                                                                   ("c", 0b1001)]  # fmt: skip
+    assert repairs({"a": 0b1}, 1) == []
+
+
+def test_masks_outside_the_budget_are_repaired_first_and_refused_when_no_repair_helps(two_of_four):
+    """0.20: a start that loses more than eps is repaired (predicted positions computed again) until it
+    keeps the budget on the calibration and verify images, checked on a fresh net; each repair raises the
+    calibration accuracy; the repair stops at the first set within the budget; a network no repair can
+    bring within the budget is refused in one line."""
+    import torch
+
+    root, path = two_of_four
+    ctx = open_checkpoint(root / "ckpt")
+    spec = ctx.spec
+    x_cal, y_cal, _ = calibration(ctx, 100, 0)
+    x_ver, y_ver, _ = verify_images(ctx, 100, 200, 0)
+    floor = [100.0 * correct_count(ctx.model, x, y, spec) / len(y) for x, y in ((x_cal, y_cal), (x_ver, y_ver))]
+
+    def numbers(codes):  # a fresh net; a site coded 0b1111 computes everything (no prediction)
+        net = attach(ctx.model, spec.input_shape, 2)
+        masks = {s.index: code_to_pattern(codes[s.name], 2) for s in net.sites if codes.get(s.name, 15) != 15}
+        return [measure(net, spec, x, y, masks) for x, y in ((x_cal, y_cal), (x_ver, y_ver))]
+
+    start = _all_at(load_result(path), 0b0001)  # one computed position of four everywhere: too much
+    codes0 = site_codes(start)
+    c0, v0 = numbers(codes0)
+    eps = 0.0
+    assert floor[0] - c0.accuracy > eps or floor[1] - v0.accuracy > eps  # the start breaks the budget
+    grown = grow(ctx, start, ctx, eps)
+    rows = grown.trajectory
+    repaired = [r for r in rows if r["stage"] == "repair"]
+    assert repaired and rows[: len(repaired)] == repaired  # repairs first, then growth
+    codes, accuracy = dict(codes0), c0.accuracy
+    for r in repaired:
+        (name,) = r["moved"]
+        assert r["pattern"] & codes[name] == codes[name] and r["pattern"] != codes[name]  # one position more
+        codes[name] = r["pattern"]
+        cal, ver = numbers(codes)
+        assert cal.accuracy == pytest.approx(r["calib_accuracy"]) and cal.accuracy > accuracy
+        accuracy = cal.accuracy
+        within = floor[0] - cal.accuracy <= eps + 1e-9 and floor[1] - ver.accuracy <= eps + 1e-9
+        assert within == (r is repaired[-1])  # the repair stops at the first set within the budget
+    cal, ver = numbers({**{n: 15 for n in codes0}, **site_codes(grown)})  # sites left out: no prediction
+    assert floor[0] - cal.accuracy <= eps + 1e-9 and floor[1] - ver.accuracy <= eps + 1e-9
+    assert grown.calib_accuracy == pytest.approx(cal.accuracy)
+
+    broken = open_checkpoint(root / "ckpt")  # the same network with its classifier turned against itself
+    with torch.no_grad():
+        for name, w in broken.model.named_parameters():
+            if name.endswith("weight") and w.ndim == 2:
+                w.neg_()
+    with pytest.raises(CrossneuronError, match="no repair brings these masks within eps 0"):
+        grow(broken, start, ctx, eps)

@@ -14,6 +14,14 @@ lost (a loss under one image counts as one image), each on top of those accepted
 move when the whole set stays within the budget on both sets of images (one move per site per pass).
 Passes repeat until one accepts nothing.
 
+Masks that start outside the budget (a network retrained with more prediction than it could absorb) are
+first repaired (0.20, ``repairs``): a move there computes one predicted position of a site's pattern again
+(a site whose every position is computed stops predicting). Each repair is screened alone on the
+calibration images; those that gain accuracy are tried by points gained per point of network MACs given
+back, each on top of those taken, kept when the calibration accuracy rises, until the set is within the
+budget on the calibration and verify images; then the passes above grow from there. Masks that no
+repair brings within the budget are refused in one line (nothing written).
+
 Only masks with one whole-site pattern per site (uniform-layer results) can grow; sites without
 prediction stay so. The result.json it writes has the original model's accuracies as its base
 (``*_base_accuracy``), so its drops, and a retraining's from it, are against the original model.
@@ -61,11 +69,21 @@ def moves(codes: dict[str, int]) -> list[tuple[str, int]]:
     return out
 
 
-def with_codes(result: Result, codes: dict[str, int]) -> Result:
-    """``result`` with each named site's pattern replaced (its block side and threshold kept)."""
+def repairs(codes: dict[str, int], patch_size: int) -> list[tuple[str, int]]:
+    """Every (site, code) with one predicted position of the site's pattern computed again; a code with
+    all ``patch_size``^2 positions computed means the site predicts nothing."""
+    full = (1 << patch_size * patch_size) - 1
+    return [(name, code | 1 << k) for name, code in codes.items() for k in range(patch_size * patch_size)
+            if not code >> k & 1 and code != full]  # fmt: skip
+
+
+def with_codes(result: Result, codes: dict[str, int], patch_size: int | None = None) -> Result:
+    """``result`` with each named site's pattern replaced (its block side and threshold kept); a code with
+    every one of ``patch_size``^2 positions computed takes the site's prediction away."""
+    full = (1 << patch_size * patch_size) - 1 if patch_size else None
     masks = copy.deepcopy(result.masks)
     for name, code in codes.items():
-        masks[name] = {**masks[name], "pieces": [[None, None, code]]}
+        masks[name] = {**masks[name], "pieces": [] if code == full else [[None, None, code]]}
     return dataclasses.replace(result, masks=masks)
 
 
@@ -106,8 +124,10 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
     plain = {"calib": plain_pass(net, spec, x_cal, y_cal, bs, device),
              "verify": plain_pass(net, spec, x_ver, y_ver, bs, device)}  # fmt: skip
 
+    p = int(result.options["patch_size"])
+
     def score(c: dict[str, int], images: str):
-        apply_result(net, with_codes(result, c))
+        apply_result(net, with_codes(result, c, p))
         x, y = (x_cal, y_cal) if images == "calib" else (x_ver, y_ver)
         return measure(net, spec, x, y, None, bs, device, plain=plain[images])
 
@@ -115,6 +135,19 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
     say(f"start: calib accuracy {now.accuracy:.2f}% (original {floor['calib']:.2f}%), "
         f"{now.macs_saved_pct_network:.2f}% of network MACs saved")  # fmt: skip
     trajectory = []
+
+    def row(stage, name, code, cal, ver=None):  # ver: None where the verify images were not measured
+        v = None if ver is None else ver.accuracy
+        trajectory.append({"step": len(trajectory) + 1, "stage": stage, "moved": [name], "pattern": code,
+                           "calib_accuracy": cal.accuracy, "calib_drop": floor["calib"] - cal.accuracy,
+                           "verify_accuracy": v, "verify_drop": None if v is None else floor["verify"] - v,
+                           "macs_saved_pct_network": cal.macs_saved_pct_network})  # fmt: skip
+        say(f"{stage} {len(trajectory)}: {name} -> pattern {code}: calib {cal.accuracy:.2f}%, verify "
+            f"{'-' if v is None else f'{v:.2f}%'}, {cal.macs_saved_pct_network:.2f}% of network MACs saved")
+
+    within = floor["calib"] - now.accuracy <= eps + 1e-9
+    if not within or floor["verify"] - score(codes, "verify").accuracy > eps + 1e-9:
+        codes, now = _repair(codes, now, p, eps, floor, score, row, max_passes)
     for _ in range(max_passes):
         screened, alone = [], {}
         for name, code in moves(codes):
@@ -135,17 +168,41 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
                 continue
             codes, now, accepted = trial, cal, accepted + 1
             moved.add(name)
-            trajectory.append({"step": len(trajectory) + 1, "stage": "grow", "moved": [name],
-                               "pattern": code, "calib_accuracy": cal.accuracy,
-                               "calib_drop": floor["calib"] - cal.accuracy, "verify_accuracy": ver.accuracy,
-                               "verify_drop": floor["verify"] - ver.accuracy,
-                               "macs_saved_pct_network": cal.macs_saved_pct_network})  # fmt: skip
-            say(f"step {len(trajectory)}: {name} -> pattern {code}: calib {cal.accuracy:.2f}%, verify "
-                f"{ver.accuracy:.2f}%, {cal.macs_saved_pct_network:.2f}% of network MACs saved")  # fmt: skip
+            row("grow", name, code, cal, ver)
         if not accepted:
             break
-    return _measured(ctx, original, with_codes(result, codes), eps, trajectory, floor, net, (cal_hash, ver_hash),
+    return _measured(ctx, original, with_codes(result, codes, p), eps, trajectory, floor, net, (cal_hash, ver_hash),
                      now, (x_chk, y_chk), len(y_ver), bs)  # fmt: skip
+
+
+def _repair(codes, now, p, eps, floor, score, row, max_passes):
+    """Bring masks outside the budget back inside it (module doc); returns (codes, calibration measurement)."""
+    for _ in range(max_passes):
+        screened, alone = [], {}
+        for name, code in repairs(codes, p):
+            r = alone[name, code] = score({**codes, name: code}, "calib")
+            gain, cost = r.accuracy - now.accuracy, now.macs_saved_pct_network - r.macs_saved_pct_network
+            if gain > 0:
+                screened.append((gain / max(cost, 1e-9), name, code))
+        taken, moved = 0, set()
+        for _, name, code in sorted(screened, key=lambda t: (-t[0], t[1], t[2])):
+            if name in moved:
+                continue
+            trial = {**codes, name: code}
+            cal = score(trial, "calib") if taken else alone[name, code]
+            if cal.accuracy <= now.accuracy:
+                continue
+            codes, now, taken = trial, cal, taken + 1
+            moved.add(name)
+            ver = score(codes, "verify") if floor["calib"] - cal.accuracy <= eps + 1e-9 else None
+            row("repair", name, code, cal, ver)
+            if ver is not None and floor["verify"] - ver.accuracy <= eps + 1e-9:
+                return codes, now
+        if not taken:
+            break
+    raise CrossneuronError(f"no repair brings these masks within eps {eps:g} of the original (calibration "
+                           f"{floor['calib'] - now.accuracy:.2f} points lower after repairs): retrain longer, "
+                           "or grow at a larger --eps")  # fmt: skip
 
 
 def _measured(ctx, original, grown: Result, eps, trajectory, floor, net, hashes, c, chk, n_ver, bs) -> Result:
