@@ -558,7 +558,8 @@ def retrain(
         return
     b, a = record["before"]["test"], record["after"]["test"]
     typer.echo(f"test accuracy with the masks: {b['accuracy']:.2f}% before, {a['accuracy']:.2f}% after retraining "
-               f"(original model without prediction: {record['base_accuracy']:.2f}%, test drop {a['drop_vs_original']:.2f}); "
+               f"(original model without prediction: {record['base_accuracy']:.2f}%, "
+               f"test drop {a['drop_vs_original']:.2f}); "
                f"MACs saved {b['macs_saved_pct_network']:.2f}% -> {a['macs_saved_pct_network']:.2f}% of network "
                f"(oracle {a['oracle_pct_network']:.2f}%)")  # fmt: skip
     typer.echo(f"retrained checkpoint: {record['retrained']}")

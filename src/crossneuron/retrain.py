@@ -113,7 +113,9 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         x_test, y_test = ctx.data("test")
         bs = options.get("batch_size", 500)
         origin = chain_original(ctx.path)
-        images = {"test": (x_test, y_test), "calib": (x_cal, y_cal), **({"check": (x_chk, y_chk)} if len(y_chk) else {})}
+        images = {"test": (x_test, y_test), "calib": (x_cal, y_cal)}
+        if len(y_chk):
+            images["check"] = (x_chk, y_chk)
         base = _original_base(origin, data, images, bs, data_root, device, other_data)
         record = {
             "mode": data.mode,
