@@ -51,7 +51,8 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(trained, tmp_pat
     assert json.loads((tmp_path / "a" / "meta.json").read_text())["epoch"] == 1
     with pytest.raises(CrossneuronError, match="--resume"):
         train(TrainConfig(**CFG), tmp_path / "a", quiet=True)
-    with pytest.raises(CrossneuronError, match="other options"):
+    was = TrainConfig(**CFG).lr
+    with pytest.raises(CrossneuronError, match=f"other options .*lr was {was!r}, now 0.1\\)"):  # names what differs
         train(TrainConfig(**{**CFG, "lr": 0.1}), tmp_path / "a", quiet=True, resume=True)
     kept = (tmp_path / "a" / "config.json").read_text()
     (tmp_path / "a" / "config.json").write_text(kept[:20])  # cut short

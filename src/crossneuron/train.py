@@ -222,8 +222,12 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
                       "predictability": 0.0, "slack": 0.0, "warmup": 0.0,  # pre-0.7
                       "teacher": None,  # pre-0.15
                       "precision": "fp32"}  # pre-0.18
-        if {**new_fields, **stored} != asdict(cfg):
-            raise CrossneuronError(f"{out} was trained with other options ({config_path}): resume with the same ones")
+        was, now = {**new_fields, **stored}, asdict(cfg)
+        if was != now:
+            differ = "; ".join(f"{k} was {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
+                               if was.get(k) != now.get(k))  # fmt: skip
+            raise CrossneuronError(f"{out} was trained with other options ({config_path}: {differ}): resume with "
+                                   "the same ones")  # fmt: skip
     write_json(config_path, asdict(cfg))
 
     torch.manual_seed(cfg.seed)
