@@ -150,12 +150,10 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         if len(y_chk):
             for key, (model, c) in (("before", (ctx.model, ctx)), ("after", (new.model, new))):
                 record[key]["check"] = _measure(model, c, data, x_chk, y_chk, bs)
-        for key in ("before", "after"):  # the report's keys
-            record[key]["test_accuracy"] = record[key]["test"]["accuracy"]
         for key in ("before", "after"):
             for images_name, m in record[key].items():
-                if isinstance(m, dict):
-                    m["drop_vs_original"] = base[images_name] - m["accuracy"]
+                m["drop_vs_original"] = base[images_name] - m["accuracy"]
+            record[key]["test_accuracy"] = record[key]["test"]["accuracy"]  # the report's key
         write_json(out / "retrain.json", record)
         after = record["after"]["test"]
         calib = record["after"]["calib"]
