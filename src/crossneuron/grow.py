@@ -77,10 +77,10 @@ def repairs(codes: dict[str, int], patch_size: int) -> list[tuple[str, int]]:
             if not code >> k & 1 and code != full]  # fmt: skip
 
 
-def with_codes(result: Result, codes: dict[str, int], patch_size: int | None = None) -> Result:
+def with_codes(result: Result, codes: dict[str, int], patch_size: int) -> Result:
     """``result`` with each named site's pattern replaced (its block side and threshold kept); a code with
     every one of ``patch_size``^2 positions computed takes the site's prediction away."""
-    full = (1 << patch_size * patch_size) - 1 if patch_size else None
+    full = (1 << patch_size * patch_size) - 1
     masks = copy.deepcopy(result.masks)
     for name, code in codes.items():
         masks[name] = {**masks[name], "pieces": [] if code == full else [[None, None, code]]}
@@ -148,15 +148,16 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
     within = floor["calib"] - now.accuracy <= eps + 1e-9
     if not within or floor["verify"] - score(codes, "verify").accuracy > eps + 1e-9:
         codes, now = _repair(codes, now, p, eps, floor, score, row, max_passes)
+
+    def per_point_lost(r):  # MACs gained per point lost; None: no gain, or outside the budget alone
+        gain, lost = r.macs_saved_pct_network - now.macs_saved_pct_network, now.accuracy - r.accuracy
+        ok = gain > 0 and floor["calib"] - r.accuracy <= eps + 1e-9
+        return gain / max(lost, 100.0 / len(y_cal)) if ok else None
+
     for _ in range(max_passes):
-        screened, alone = [], {}
-        for name, code in moves(codes):
-            r = alone[name, code] = score({**codes, name: code}, "calib")
-            gain, lost = r.macs_saved_pct_network - now.macs_saved_pct_network, now.accuracy - r.accuracy
-            if gain > 0 and floor["calib"] - r.accuracy <= eps + 1e-9:
-                screened.append((gain / max(lost, 100.0 / len(y_cal)), name, code))
+        ranked, alone = _ranked(moves(codes), codes, score, per_point_lost)
         accepted, moved = 0, set()
-        for _, name, code in sorted(screened, key=lambda t: (-t[0], t[1], t[2])):
+        for name, code in ranked:
             if name in moved:
                 continue
             trial = {**codes, name: code}
@@ -175,17 +176,28 @@ def grow(ctx: Context, result: Result, original: Context, eps: float, max_passes
                      now, (x_chk, y_chk), len(y_ver), bs)  # fmt: skip
 
 
+def _ranked(candidates, codes, score, rate):
+    """Each candidate (site, code) scored alone on the calibration images (on top of ``codes``); those
+    ``rate`` rates (not None) best first, ties by name and code; and every score, by candidate."""
+    alone, rated = {}, []
+    for name, code in candidates:
+        r = alone[name, code] = score({**codes, name: code}, "calib")
+        if (q := rate(r)) is not None:
+            rated.append((q, name, code))
+    return [(n, c) for _, n, c in sorted(rated, key=lambda t: (-t[0], t[1], t[2]))], alone
+
+
 def _repair(codes, now, p, eps, floor, score, row, max_passes):
     """Bring masks outside the budget back inside it (module doc); returns (codes, calibration measurement)."""
+
+    def per_point_given(r):  # accuracy gained per point of MACs given back; None: no gain
+        gain, cost = r.accuracy - now.accuracy, now.macs_saved_pct_network - r.macs_saved_pct_network
+        return gain / max(cost, 1e-9) if gain > 0 else None
+
     for _ in range(max_passes):
-        screened, alone = [], {}
-        for name, code in repairs(codes, p):
-            r = alone[name, code] = score({**codes, name: code}, "calib")
-            gain, cost = r.accuracy - now.accuracy, now.macs_saved_pct_network - r.macs_saved_pct_network
-            if gain > 0:
-                screened.append((gain / max(cost, 1e-9), name, code))
+        ranked, alone = _ranked(repairs(codes, p), codes, score, per_point_given)
         taken, moved = 0, set()
-        for _, name, code in sorted(screened, key=lambda t: (-t[0], t[1], t[2])):
+        for name, code in ranked:
             if name in moved:
                 continue
             trial = {**codes, name: code}

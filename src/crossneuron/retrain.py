@@ -64,10 +64,12 @@ def chain_original(checkpoint_dir) -> Path:
     return path
 
 
-def _original_base(origin: Path, data: Result, images: dict, bs: int, data_root, device, other_data) -> dict:
+def _original_base(source, origin: Path, data: Result, images: dict, bs: int, data_root, other_data) -> dict:
     """The original model's no-prediction accuracy (%) on each named (x, y): from the masks' own record
-    when they were searched on exactly that model, else measured."""
-    ctx = open_checkpoint(origin, data_root, device, other_data=other_data)
+    when they were searched on exactly that model, else measured (``source``: the retrained checkpoint's
+    context, reused when it is the original)."""
+    same = source.path.resolve() == origin
+    ctx = source if same else open_checkpoint(origin, data_root, source.device, other_data=other_data)
     if Path(data.checkpoint).resolve() == origin and data.weights_hash == ctx.weights_hash:
         known = {"test": data.test_base_accuracy, "calib": data.calib_base_accuracy,
                  "check": data.check_base_accuracy}  # fmt: skip
@@ -116,7 +118,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
         images = {"test": (x_test, y_test), "calib": (x_cal, y_cal)}
         if len(y_chk):
             images["check"] = (x_chk, y_chk)
-        base = _original_base(origin, data, images, bs, data_root, device, other_data)
+        base = _original_base(ctx, origin, data, images, bs, data_root, other_data)
         record = {
             "mode": data.mode,
             "eps": data.eps,
