@@ -339,6 +339,18 @@ def test_a_retraining_of_a_retrained_network_measures_drops_against_the_original
     # the second's calibration base is the original's too (not r1's own accuracy without prediction)
     assert load_result(tmp_path / "r2" / "result.json").calib_base_accuracy == pytest.approx(
         load_result(result).calib_base_accuracy)  # fmt: skip
+    # `evaluate --masks` on r2 reports its drop against the original too (a plain `evaluate` of the original
+    # itself has no original to name)
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "r2"), "--masks",
+                                   str(tmp_path / "r2" / "result.json"), "--split", "test", "--json"])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    shown = json.loads(cli.stdout)
+    assert shown["accuracy"] == pytest.approx(second["after"]["test"]["accuracy"])
+    assert shown["original_accuracy"] == pytest.approx(by_hand)
+    assert shown["drop_vs_original"] == pytest.approx(by_hand - shown["accuracy"])
+    assert Path(shown["original"]) == (tmp_path / "orig").resolve()
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "orig"), "--json"])
+    assert cli.exit_code == 0 and "original" not in json.loads(cli.stdout)
     shutil.rmtree(tmp_path / "orig")  # the chain's first link gone: it ends at r1
     assert chain_original(tmp_path / "r2") == (tmp_path / "r1").resolve()
     assert chain_original(searched / "ckpt") == (searched / "ckpt").resolve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -239,14 +240,39 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     other_data: OtherData = False,
 ):
-    """Accuracy with and without prediction on a split, MACs saved, oracle and misprediction rate."""
+    """Accuracy with and without prediction on a split, MACs saved, oracle and misprediction rate; for a
+    network retrained with masks, also the drop against the original model its chain began with."""
     if pattern != "diagonal":
         raise CrossneuronError(f"unknown --pattern '{pattern}': only 'diagonal' is available here")
     if split not in ("val", "test"):
         raise CrossneuronError(f"--split must be val or test, got '{split}'")
     result, meta = _pattern_run(checkpoint, split, patch_size, data_root, device, masks, other_data)
     what = masks if masks else f"{pattern} {patch_size}x{patch_size}"
-    _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {what}", as_json)
+    original = _vs_original(checkpoint, split, data_root, device, other_data)
+    if as_json:
+        extra = {} if original is None else {"original": str(original[0]), "original_accuracy": original[1],
+                                             "drop_vs_original": original[1] - result.accuracy}  # fmt: skip
+        typer.echo(json.dumps({**result.as_dict(), **extra}, indent=2))
+        return
+    _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {what}", False)
+    if original is not None:
+        typer.echo(f"  retrained with masks: the original model ({original[0]}) is {original[1]:.2f}% right "
+                   f"without prediction; drop against it {original[1] - result.accuracy:.2f} points")  # fmt: skip
+
+
+def _vs_original(checkpoint, split, data_root, device, other_data):
+    """(path, no-prediction accuracy on the split) of the model a retrained checkpoint's chain began with
+    (retrain.chain_original); None for a checkpoint that was not retrained with masks."""
+    from .context import open_checkpoint
+    from .evaluate import correct_count
+    from .retrain import chain_original
+
+    origin = chain_original(checkpoint)
+    if origin == Path(checkpoint).resolve():
+        return None
+    ctx = open_checkpoint(origin, data_root, device, other_data=other_data)
+    x, y = ctx.data(split)
+    return origin, 100.0 * correct_count(ctx.model, x, y, ctx.spec, device=device) / len(y)
 
 
 @app.command()
