@@ -291,6 +291,40 @@ def section(name: str, args) -> list[str]:
     return lines + [""]
 
 
+def retraining_lines(path: Path = ROOT / "benchmarks" / "retraining.json") -> list[str]:
+    """Issue 17's retraining study (hand-run, curated in benchmarks/retraining.json): one table per study of
+    % network MACs saved on test against the test drop from the *original* model, the best within a point
+    and the goal."""
+    data = json.loads(path.read_text())["studies"]
+    lines = ["## Retraining (issue 17)", "",
+             "Hand-run retrainings (not run by this script; commands, epochs and val curves in RESULTS.md under the "
+             "session named), each measured on the test split against the *original* model without prediction. "
+             "\"Oracle after\": the retrained network's oracle (retraining moves it).", ""]  # fmt: skip
+
+    def num(v, fmt="{:.2f}"):
+        return "" if v is None else fmt.format(v)
+
+    for name, study in data.items():
+        lines += [f"### {name}", "", f"original test accuracy {study['original_test']:.2f}%, oracle "
+                  f"{study['oracle']:.2f}% of network MACs" + (f"; goal: {study['goal']:.1f}% at a test drop <= 1"
+                                                               if study["goal"] else ""), "",  # fmt: skip
+                  "| network | epochs in all | % network saved (test) | test drop vs original | check drop "
+                  "| oracle after | training s | machine | where |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in study["rows"]:
+            lines.append(f"| {r['network']} | {r['epochs']} | {r['saved']:.2f} | {r['drop']:.2f} | "
+                         f"{num(r['check_drop'])} | {num(r['oracle_after'])} | {num(r['train_s'], '{:,}')} | "
+                         f"{r['machine']} | {r['session']} |")  # fmt: skip
+        within = [r for r in study["rows"] if r["drop"] <= 1]
+        best = max(within, key=lambda r: r["saved"], default=None)
+        text = (f"Most saved at a test drop <= 1: {best['saved']:.2f}% ({100 * best['saved'] / study['oracle']:.0f}% "
+                f"of the original's oracle)" if best else "No retraining here is within a test drop of 1")
+        if study["goal"]:
+            met = best is not None and best["saved"] >= study["goal"]
+            text += f"; the goal ({study['goal']:.1f}%) is {'met' if met else 'not met'}"
+        lines += ["", text + ".", ""]
+    return lines
+
+
 def write(args) -> None:
     lines = [
         "# Reproduction: the 2019 project's rows next to ours",
@@ -315,6 +349,7 @@ def write(args) -> None:
     lines += overview(args)
     for name in STUDIES:
         lines += section(name, args)
+    lines += retraining_lines()
     (ROOT / "benchmarks" / "REPRODUCTION.md").write_text("\n".join(lines) + "\n")
     print("wrote benchmarks/REPRODUCTION.md")
 
