@@ -144,3 +144,21 @@ def test_properties(dims, zero_fraction):
     # the mask-True positions are never changed
     full = mask[:, :h, :w].expand(n, c, h, w)
     assert torch.equal(out[full], x[full])
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_the_training_path_keeps_a_channels_last_map_channels_last(threshold):
+    """bf16 training runs channels_last (0.18); the layer's training path must not hand the next convolution
+    an NCHW map (0.21: ``masked_fill`` did). Values against the loop reference, gradients zero where predicted."""
+    x = sparse_relu_map((2, 4, 6, 7), zero_fraction=0.6, seed=2)
+    mask = _random_mask(4, 6, 7, 2, 5, density=0.4)
+    layer = Spatial((4, 6, 7), 2, 1)
+    layer.mask.copy_(mask)
+    layer.threshold = threshold
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = layer(xc)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out.detach(), predict_loop(x, mask, 2, threshold)[0])
+    out.backward(torch.ones_like(out))
+    fill = predicted_positions(x, mask, 2, threshold)
+    assert fill.any() and torch.equal(xc.grad, (~fill).to(x.dtype))

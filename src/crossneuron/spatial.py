@@ -173,15 +173,25 @@ class Spatial(nn.Module):
                 if self.channel_macs is not None:
                     self._zero_macs(nonzero.sum((0, 2, 3), dtype=torch.int64), x.shape[0])
         if tolerant or (torch.is_grad_enabled() and x.requires_grad):  # training: predicted positions pass no
-            h, w = self.shape[1:]  # gradient; with a threshold the computed positions keep their small values
-            fill = expand_patches(predict, p, h, w) & ~self.mask[:, :h, :w]
-            return x.masked_fill(fill, 0)
+            return torch.where(self._fill(predict, x), 0.0, x)  # gradient; with a threshold the computed positions
+            # keep their small values
         # Zeroing a whole predicted patch is the prediction (its computed positions are zero
         # already), and only patches holding a non-zero need a write: few, so write by index.
         flat = self._patch_positions(wrong.nonzero())
         if self.inplace and x.is_contiguous():
             return x.view(-1).index_fill_(0, flat, 0).view_as(x)
         return x.contiguous().view(-1).index_fill(0, flat, 0).view_as(x)
+
+    def _fill(self, predict: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Bool (N, C, H, W): the positions a patch-level ``predict`` sets to zero (not the computed ones), in
+        ``like``'s memory format: a channels_last map (bf16 training) stays channels_last through the layer
+        instead of coming out NCHW (``masked_fill`` returns NCHW whatever its input; ``torch.where`` keeps the
+        format), which made every following convolution convert its input and gradient."""
+        h, w = self.shape[1:]
+        fill = expand_patches(predict, self.patch_size, h, w) & ~self.mask[:, :h, :w]
+        if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+            fill = fill.contiguous(memory_format=torch.channels_last)
+        return fill
 
     def _patch_positions(self, patches: torch.Tensor) -> torch.Tensor:
         """Flat NCHW indices of the real positions of patches given as (K, 4) rows (n, c, hb, wb)."""
