@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .net import PredictiveNet
-from .spatial import Spatial, _patch_any
+from .spatial import Spatial, patch_any
 
 
 def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
@@ -55,7 +55,7 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
             scale = slack * (positive.to(dtype).mean() if positive.numel() else x.new_tensor(1.0, dtype=dtype))
             gate = torch.exp(-rest / scale)
         else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position)
-            gate = (~_patch_any(a.bool() & predicted, p)).to(dtype)
+            gate = (~patch_any(a.bool() & predicted, p)).to(dtype)
         weight = per_patch(predicted.to(dtype)) * channel_macs.to(dtype)[:, None, None]  # MACs saved if predicted
         hb, wb = gate.shape[-2:]
         computed = (mask & real).unflatten(1, (hb, p)).unflatten(3, (wb, p))  # (C, Hb, p, Wb, p)

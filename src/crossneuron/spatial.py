@@ -26,7 +26,7 @@ def padded_size(n: int, p: int) -> int:
     return -(-n // p) * p
 
 
-def _patch_any(flags: torch.Tensor, p: int) -> torch.Tensor:
+def patch_any(flags: torch.Tensor, p: int) -> torch.Tensor:
     """(N, C, Hp, Wp) bool -> (N, C, Hp/p, Wp/p): any True in each p x p patch (strided ORs)."""
     rows = flags[:, :, 0::p]
     for i in range(1, p):
@@ -53,7 +53,7 @@ def predict_patches(nonzero: torch.Tensor, mask: torch.Tensor, p: int) -> torch.
     ``nonzero`` is (N, C, H, W) bool; padding up to the mask's (Hp, Wp) counts as zero.
     """
     hp, wp = mask.shape[1:]
-    return ~_patch_any(_pad_to(nonzero, hp, wp) & mask, p)
+    return ~patch_any(_pad_to(nonzero, hp, wp) & mask, p)
 
 
 def expand_patches(patches: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
