@@ -353,4 +353,7 @@ def test_a_retraining_of_a_retrained_network_measures_drops_against_the_original
     assert cli.exit_code == 0 and "original" not in json.loads(cli.stdout)
     shutil.rmtree(tmp_path / "orig")  # the chain's first link gone: it ends at r1
     assert chain_original(tmp_path / "r2") == (tmp_path / "r1").resolve()
+    cli = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "r2"), "--masks",
+                                   str(tmp_path / "r2" / "result.json")])  # fmt: skip
+    assert cli.exit_code == 0 and "itself retrained" in cli.stdout and str((tmp_path / "r1").resolve()) in cli.stdout
     assert chain_original(searched / "ckpt") == (searched / "ckpt").resolve()

@@ -256,7 +256,10 @@ def evaluate(
         return
     _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {what}", False)
     if original is not None:
-        typer.echo(f"  retrained with masks: the original model ({original[0]}) is {original[1]:.2f}% right "
+        from .checkpoint import read_meta
+
+        gone = " (itself retrained: the chain's earlier links are gone)" if read_meta(original[0]).get("masks") else ""
+        typer.echo(f"  retrained with masks: the original model ({original[0]}{gone}) is {original[1]:.2f}% right "
                    f"without prediction; drop against it {original[1] - result.accuracy:.2f} points")  # fmt: skip
 
 
