@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .net import PredictiveNet
-from .spatial import Spatial, patch_any
+from .spatial import Spatial, pad_to, patch_any
 
 
 def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
@@ -47,7 +47,7 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
         return out
 
     with torch.no_grad():
-        a = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else x
+        a = pad_to(x, hp, wp)
         predicted = ~mask & real
         if slack > 0:
             rest = per_patch(a.to(dtype) * predicted)

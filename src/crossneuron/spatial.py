@@ -37,7 +37,8 @@ def patch_any(flags: torch.Tensor, p: int) -> torch.Tensor:
     return out
 
 
-def _pad_to(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+def pad_to(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+    """``t`` zero-padded at the bottom and right to (Hp, Wp); ``t`` itself where it has that size."""
     h, w = t.shape[-2:]
     return t if (h, w) == (hp, wp) else F.pad(t, (0, wp - w, 0, hp - h))
 
@@ -53,7 +54,7 @@ def predict_patches(nonzero: torch.Tensor, mask: torch.Tensor, p: int) -> torch.
     ``nonzero`` is (N, C, H, W) bool; padding up to the mask's (Hp, Wp) counts as zero.
     """
     hp, wp = mask.shape[1:]
-    return ~patch_any(_pad_to(nonzero, hp, wp) & mask, p)
+    return ~patch_any(pad_to(nonzero, hp, wp) & mask, p)
 
 
 def expand_patches(patches: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
@@ -66,9 +67,20 @@ def expand_patches(patches: torch.Tensor, p: int, h: int, w: int) -> torch.Tenso
 def predicted_positions(x: torch.Tensor, mask: torch.Tensor, p: int, threshold: float = 0.0) -> torch.Tensor:
     """Bool (N, C, H, W): the positions of ``x`` that ``mask`` (C, Hp, Wp) predicts to be zero (a computed
     position counts as zero when at most ``threshold``)."""
-    h, w = x.shape[-2:]
     patches = predict_patches(x > threshold if threshold > 0 else x != 0, mask, p)
-    return expand_patches(patches, p, h, w) & ~mask[:, :h, :w]
+    return fill_positions(patches, mask, p, x)
+
+
+def fill_positions(patches: torch.Tensor, mask: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
+    """Bool (N, C, H, W) of ``like``'s size: the positions predicted patches (``patches``, (N, C, Hb, Wb)) set to
+    zero, i.e. not computed by ``mask``; in ``like``'s memory format, so that a channels_last map (bf16
+    training) stays channels_last through the layer (``masked_fill`` returns NCHW whatever its input, which
+    made every following convolution convert its input and gradient; ``torch.where`` keeps the format)."""
+    h, w = like.shape[-2:]
+    fill = expand_patches(patches, p, h, w) & ~mask[:, :h, :w]
+    if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        fill = fill.contiguous(memory_format=torch.channels_last)
+    return fill
 
 
 class Spatial(nn.Module):
@@ -147,8 +159,8 @@ class Spatial(nn.Module):
             computed = None
             nonzero = None  # per patch, the number of non-zero positions (uint8, <= p*p)
             kept = None  # tolerant: per patch, the non-zero computed positions (they keep their values)
-            nonzero_map = _pad_to(x.bool(), *self.mask.shape[1:])  # x != 0, a faster kernel
-            above_map = _pad_to(x > self.threshold, *self.mask.shape[1:]) if tolerant else nonzero_map
+            nonzero_map = pad_to(x.bool(), *self.mask.shape[1:])  # x != 0, a faster kernel
+            above_map = pad_to(x > self.threshold, *self.mask.shape[1:]) if tolerant else nonzero_map
             for off in offsets:
                 nz = nonzero_map[:, :, off.i :: p, off.j :: p]
                 nonzero = nz.view(torch.uint8) if nonzero is None else nonzero + nz.view(torch.uint8)
@@ -173,25 +185,14 @@ class Spatial(nn.Module):
                 if self.channel_macs is not None:
                     self._zero_macs(nonzero.sum((0, 2, 3), dtype=torch.int64), x.shape[0])
         if tolerant or (torch.is_grad_enabled() and x.requires_grad):  # training: predicted positions pass no
-            return torch.where(self._fill(predict, x), 0.0, x)  # gradient; with a threshold the computed positions
-            # keep their small values
+            # gradient; with a threshold the computed positions keep their small values
+            return torch.where(fill_positions(predict, self.mask, p, x), 0.0, x)
         # Zeroing a whole predicted patch is the prediction (its computed positions are zero
         # already), and only patches holding a non-zero need a write: few, so write by index.
         flat = self._patch_positions(wrong.nonzero())
         if self.inplace and x.is_contiguous():
             return x.view(-1).index_fill_(0, flat, 0).view_as(x)
         return x.contiguous().view(-1).index_fill(0, flat, 0).view_as(x)
-
-    def _fill(self, predict: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Bool (N, C, H, W): the positions a patch-level ``predict`` sets to zero (not the computed ones), in
-        ``like``'s memory format: a channels_last map (bf16 training) stays channels_last through the layer
-        instead of coming out NCHW (``masked_fill`` returns NCHW whatever its input; ``torch.where`` keeps the
-        format), which made every following convolution convert its input and gradient."""
-        h, w = self.shape[1:]
-        fill = expand_patches(predict, self.patch_size, h, w) & ~self.mask[:, :h, :w]
-        if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
-            fill = fill.contiguous(memory_format=torch.channels_last)
-        return fill
 
     def _patch_positions(self, patches: torch.Tensor) -> torch.Tensor:
         """Flat NCHW indices of the real positions of patches given as (K, 4) rows (n, c, hb, wb)."""
