@@ -192,6 +192,7 @@ def overview(args) -> list[str]:
              "| ours, best mode: eps 0 / 0.5 / 1 / 3 (% network / test drop) | most saved at a test drop <= 1 "
              "(share of the oracle) | diagonal: 2019 / ours (saving / test drop) | retrained: before 0.6 / ours |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    hand_run = json.loads(RETRAINING.read_text())["studies"]
     for name, (_, _, _, row, base, _) in STUDIES.items():
         out = ROOT / commands(name, args)[1]
         if not (out / "summary.json").exists():
@@ -208,6 +209,10 @@ def overview(args) -> list[str]:
         version, p0, p3, pr = PREVIOUS[name]
         after = "; ".join(f"{r['after']['test']['macs_saved_pct_network']:.2f} / "
                           f"{r['base_accuracy'] - r['after']['test']['accuracy']:.2f}" for r in retrained_rows(out))
+        if name in hand_run:  # the hand-run study below: its best within a test drop of 1
+            hand = best_retrained(hand_run[name])
+            after = (after + "; " if after else "") + (f"{hand['saved']:.2f} / {hand['drop']:.2f}" if hand else
+                                                       "none within a drop of 1") + " (hand-run, below)"  # fmt: skip
         lines.append(f"| {name} | {row[0]} / {row[1]} / {row[2]} | {p0[0]:.2f} / {p0[1]:.2f}, {p3[0]:.2f} / "
                      f"{p3[1]:.2f} ({version}) | {', '.join(ours)} | {best} | {base[0]} / {base[1]}; "
                      f"{b['macs_saved_pct_network']:.2f} / {b['drop']:.2f} | {pr[0]:.2f} / {pr[1]:.2f}; "
@@ -291,15 +296,64 @@ def section(name: str, args) -> list[str]:
     return lines + [""]
 
 
-def retraining_lines(path: Path = ROOT / "benchmarks" / "retraining.json") -> list[str]:
+RETRAINING = ROOT / "benchmarks" / "retraining.json"
+
+
+def best_retrained(study: dict) -> dict | None:
+    """The hand-run retraining that saves the most within a test drop of 1 point from the original model."""
+    return max((r for r in study["rows"] if r["drop"] <= 1), key=lambda r: r["saved"], default=None)
+
+
+def retraining_figure(path: Path = RETRAINING, out: Path = ROOT / "benchmarks" / "retraining.png") -> Path:
+    """Issue 17's study on the MACs-saved / test-drop plane, one panel per study: each retrained network a
+    numbered point (its row in the table), an arrow from the network it continued, the original's oracle
+    dashed, the goal dotted, a drop of 1 point shaded as the budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())["studies"]
+    fig, axes = plt.subplots(1, len(data), figsize=(4.6 * len(data), 4.2), squeeze=False)
+    for ax, (name, study) in zip(axes[0], data.items(), strict=True):
+        rows = study["rows"]
+        ax.axvspan(min(-0.5, *(r["drop"] for r in rows)) - 0.2, 1, color="honeydew", label="test drop <= 1")
+        ax.axhline(study["oracle"], color="gray", linestyle="--", label=f"original's oracle ({study['oracle']:.1f}%)")
+        if study["goal"]:
+            ax.axhline(study["goal"], color="tab:green", linestyle=":", label=f"goal ({study['goal']:.1f}%)")
+        for i, r in enumerate(rows):
+            if r.get("from") is not None:
+                a = rows[r["from"]]
+                ax.annotate("", xy=(r["drop"], r["saved"]), xytext=(a["drop"], a["saved"]),
+                            arrowprops=dict(arrowstyle="->", color="tab:blue", alpha=0.6))  # fmt: skip
+            before = r["session"].startswith("REPRODUCTION.md before")
+            ax.plot(r["drop"], r["saved"], "s" if before else "o", color="gray" if before else "tab:blue")
+            ax.annotate(str(i), (r["drop"], r["saved"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+        ax.set_title(f"{name} (original {study['original_test']:.2f}%)", fontsize=9)
+        ax.set_xlabel("test accuracy drop against the original model (points)")
+        ax.set_ylabel("MACs saved (% of network, test split)")
+        ax.set_ylim(0, max(study["oracle"], max(r["saved"] for r in rows)) * 1.1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Retrained networks (numbers: rows of the tables; grey square: 0.2.1's 2-epoch retraining)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def retraining_lines(path: Path = RETRAINING) -> list[str]:
     """Issue 17's retraining study (hand-run, curated in benchmarks/retraining.json): one table per study of
     % network MACs saved on test against the test drop from the *original* model, the best within a point
-    and the goal."""
+    and the goal; the figure beside them (retraining_figure)."""
     data = json.loads(path.read_text())["studies"]
     lines = ["## Retraining (issue 17)", "",
              "Hand-run retrainings (not run by this script; commands, epochs and val curves in RESULTS.md under the "
              "session named), each measured on the test split against the *original* model without prediction. "
-             "\"Oracle after\": the retrained network's oracle (retraining moves it).", ""]  # fmt: skip
+             "\"Oracle after\": the retrained network's oracle (retraining moves it). \"#\": the point in the "
+             "figure; an arrow there joins a network to the one it continued.", "",
+             "![MACs saved against test drop of every retrained network](retraining.png)", ""]  # fmt: skip
 
     def num(v, fmt="{:.2f}"):
         return "" if v is None else fmt.format(v)
@@ -308,14 +362,13 @@ def retraining_lines(path: Path = ROOT / "benchmarks" / "retraining.json") -> li
         lines += [f"### {name}", "", f"original test accuracy {study['original_test']:.2f}%, oracle "
                   f"{study['oracle']:.2f}% of network MACs" + (f"; goal: {study['goal']:.1f}% at a test drop <= 1"
                                                                if study["goal"] else ""), "",  # fmt: skip
-                  "| network | epochs in all | % network saved (test) | test drop vs original | check drop "
-                  "| oracle after | training s | machine | where |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
-        for r in study["rows"]:
-            lines.append(f"| {r['network']} | {r['epochs']} | {r['saved']:.2f} | {r['drop']:.2f} | "
+                  "| # | network | epochs in all | % network saved (test) | test drop vs original | check drop "
+                  "| oracle after | training s | machine | where |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        for i, r in enumerate(study["rows"]):
+            lines.append(f"| {i} | {r['network']} | {r['epochs']} | {r['saved']:.2f} | {r['drop']:.2f} | "
                          f"{num(r['check_drop'])} | {num(r['oracle_after'])} | {num(r['train_s'], '{:,}')} | "
                          f"{r['machine']} | {r['session']} |")  # fmt: skip
-        within = [r for r in study["rows"] if r["drop"] <= 1]
-        best = max(within, key=lambda r: r["saved"], default=None)
+        best = best_retrained(study)
         text = (f"Most saved at a test drop <= 1: {best['saved']:.2f}% ({100 * best['saved'] / study['oracle']:.0f}% "
                 f"of the original's oracle)" if best else "No retraining here is within a test drop of 1")
         if study["goal"]:
@@ -350,6 +403,7 @@ def write(args) -> None:
     for name in STUDIES:
         lines += section(name, args)
     lines += retraining_lines()
+    retraining_figure()
     (ROOT / "benchmarks" / "REPRODUCTION.md").write_text("\n".join(lines) + "\n")
     print("wrote benchmarks/REPRODUCTION.md")
 
