@@ -256,16 +256,15 @@ def evaluate(
         return
     _print_pattern(result, f"{meta['model']} on {meta['dataset']} ({split}), {what}", False)
     if original is not None:
-        from .checkpoint import read_meta
-
-        gone = " (itself retrained: the chain's earlier links are gone)" if read_meta(original[0]).get("masks") else ""
+        gone = " (itself retrained: the chain's earlier links are gone)" if original[2] else ""
         typer.echo(f"  retrained with masks: the original model ({original[0]}{gone}) is {original[1]:.2f}% right "
                    f"without prediction; drop against it {original[1] - result.accuracy:.2f} points")  # fmt: skip
 
 
 def _vs_original(checkpoint, split, data_root, device, other_data):
-    """(path, no-prediction accuracy on the split) of the model a retrained checkpoint's chain began with
-    (retrain.chain_original); None for a checkpoint that was not retrained with masks."""
+    """(path, no-prediction accuracy on the split, whether it was itself retrained with masks) of the model a
+    retrained checkpoint's chain began with (retrain.chain_original); None for a checkpoint that was not
+    retrained with masks."""
     from .context import open_checkpoint
     from .evaluate import correct_count
     from .retrain import chain_original
@@ -275,7 +274,7 @@ def _vs_original(checkpoint, split, data_root, device, other_data):
         return None
     ctx = open_checkpoint(origin, data_root, device, other_data=other_data)
     x, y = ctx.data(split)
-    return origin, 100.0 * correct_count(ctx.model, x, y, ctx.spec, device=device) / len(y)
+    return origin, 100.0 * correct_count(ctx.model, x, y, ctx.spec, device=device) / len(y), bool(ctx.meta.get("masks"))
 
 
 @app.command()

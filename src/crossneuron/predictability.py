@@ -18,10 +18,12 @@ zero, where the ReLU outputs exact zeros.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .net import PredictiveNet
-from .spatial import Spatial, pad_to, patch_any
+from .spatial import Spatial, pad_to, patch_any, patch_reduce
 
 
 def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
@@ -32,31 +34,25 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
     The gate and the weight are constants for the gradient, so the term is ``sum(x * coef)`` with ``coef``
     = w_P x gate_P at P's computed positions (0 elsewhere): one product with the map, whose gradient is
     ``coef`` itself (0.21; before, per-patch sums of the map in the autograd graph cost a quarter of a bf16
-    training step). Patch sums are strided sub-grid additions, fast in any memory format; at least fp32."""
+    training step). Patch sums are strided sub-grid additions (spatial.patch_reduce); at least fp32."""
     n, c, h, w = x.shape
     hp, wp = mask.shape[1:]
     real = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
     real[:h, :w] = True
     dtype = torch.promote_types(x.dtype, torch.float32)
 
-    def per_patch(t: torch.Tensor) -> torch.Tensor:  # (..., Hp, Wp) -> (..., Hp / p, Wp / p)
-        out = None
-        for i in range(p):
-            for j in range(p):
-                out = t[..., i::p, j::p] if out is None else out + t[..., i::p, j::p]
-        return out
-
     with torch.no_grad():
         a = pad_to(x, hp, wp)
         predicted = ~mask & real
         if slack > 0:
-            rest = per_patch(a.to(dtype) * predicted)
+            rest = patch_reduce(a.to(dtype) * predicted, p, operator.add)
             positive = x[x > 0]
             scale = slack * (positive.to(dtype).mean() if positive.numel() else x.new_tensor(1.0, dtype=dtype))
             gate = torch.exp(-rest / scale)
         else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position)
             gate = (~patch_any(a.bool() & predicted, p)).to(dtype)
-        weight = per_patch(predicted.to(dtype)) * channel_macs.to(dtype)[:, None, None]  # MACs saved if predicted
+        # MACs saved if predicted: the patch's real predicted positions times the channel's MACs per output
+        weight = patch_reduce(predicted.to(dtype), p, operator.add) * channel_macs.to(dtype)[:, None, None]
         hb, wb = gate.shape[-2:]
         computed = (mask & real).unflatten(1, (hb, p)).unflatten(3, (wb, p))  # (C, Hb, p, Wb, p)
         coef = torch.where(computed, (gate * weight)[:, :, :, None, :, None], 0.0).reshape(n, c, hp, wp)

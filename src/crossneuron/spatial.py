@@ -11,6 +11,8 @@ other positions set to zero, while its computed positions keep their (small) val
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,15 +28,16 @@ def padded_size(n: int, p: int) -> int:
     return -(-n // p) * p
 
 
+def patch_reduce(t: torch.Tensor, p: int, op=operator.or_) -> torch.Tensor:
+    """(..., Hp, Wp) -> (..., Hp/p, Wp/p): ``op`` (OR, +) over each p x p patch, as strided sub-grid passes
+    (rows, then columns): fast in any memory format, no reshape of the map."""
+    rows = functools.reduce(op, (t[..., i::p, :] for i in range(p)))
+    return functools.reduce(op, (rows[..., j::p] for j in range(p)))
+
+
 def patch_any(flags: torch.Tensor, p: int) -> torch.Tensor:
     """(N, C, Hp, Wp) bool -> (N, C, Hp/p, Wp/p): any True in each p x p patch (strided ORs)."""
-    rows = flags[:, :, 0::p]
-    for i in range(1, p):
-        rows = rows | flags[:, :, i::p]
-    out = rows[..., 0::p]
-    for j in range(1, p):
-        out = out | rows[..., j::p]
-    return out
+    return patch_reduce(flags, p, operator.or_)
 
 
 def pad_to(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
