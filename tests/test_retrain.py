@@ -182,6 +182,28 @@ def test_predictability_term_and_its_gradient_against_a_loop(slack, p, h, w):
         assert moved - total == pytest.approx(float((expect * step).sum()), rel=1e-6)
 
 
+@pytest.mark.parametrize("p,h,w", [(2, 6, 5), (3, 7, 7)])
+def test_predictability_term_in_bf16_channels_last_against_the_loop(p, h, w):
+    # bf16 training's layout: the gradient is the loop's coefficients rounded to bf16, in channels_last; the
+    # value within bf16's rounding (8 significant bits) of the float64 loop
+    from crossneuron.predictability import patch_penalty
+    from crossneuron.spatial import padded_size
+
+    g = torch.Generator().manual_seed(p * h)
+    c = 4
+    x = torch.rand(2, c, h, w, generator=g)
+    x[torch.rand(2, c, h, w, generator=g) < 0.6] = 0
+    x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    mask = torch.rand(c, padded_size(h, p), padded_size(w, p), generator=g) < 0.4
+    macs = torch.tensor([5, 7, 0, 576])
+    value = patch_penalty(x, mask, p, macs)
+    total, expect = _penalty_loop(x.detach().double(), mask, p, macs.tolist(), 0.0)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(total, rel=2**-7) and total > 0
+    (grad,) = torch.autograd.grad(value, [x])
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(grad, expect.to(torch.bfloat16))
+
+
 def test_retrain_with_the_predictability_term_predicts_more_patches(searched, tmp_path):
     result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
     plain = retrain(searched / "ckpt", result, out=tmp_path / "plain", epochs=1, lr=0.01, batch_size=64, quiet=True)

@@ -100,6 +100,25 @@ def test_gradients_flow_unchanged_where_not_predicted():
     assert torch.all(x.grad[fill] == 0)
 
 
+@pytest.mark.parametrize("p,h,w", [(2, 6, 5), (3, 7, 8)])
+def test_bf16_channels_last_training_path_against_the_loop(p, h, w):
+    # bf16 training (channels_last): values exactly the loop's, gradients 0 at the predicted positions and the
+    # upstream's elsewhere, in the same memory format (the keep factor's strided sub-grid writes)
+    x32 = sparse_relu_map((3, 4, h, w), seed=p + h)
+    x = x32.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    layer = Spatial((4, h, w), p, 1)
+    layer.mask.copy_(_random_mask(4, h, w, p, seed=h, density=0.4))
+    out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out.detach(), predict_loop(x.detach().float(), layer.mask, p)[0].to(torch.bfloat16))
+    upstream = torch.randn(x.shape).to(torch.bfloat16)
+    out.backward(upstream)
+    fill = predicted_positions(x.detach().float(), layer.mask, p)
+    assert fill.any() and (~fill).any()
+    assert torch.equal(x.grad[~fill], upstream[~fill]) and torch.all(x.grad[fill] == 0)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_disabled_or_all_true_layer_is_identity_object():
     x = sparse_relu_map((1, 2, 4, 4))
     layer = Spatial((2, 4, 4), 2, 1)

@@ -23,7 +23,7 @@ import operator
 import torch
 
 from .net import PredictiveNet
-from .spatial import Spatial, pad_to, patch_any, patch_reduce
+from .spatial import Spatial, pad_to, patch_reduce
 
 
 def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
@@ -34,12 +34,16 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
     The gate and the weight are constants for the gradient, so the term is ``sum(x * coef)`` with ``coef``
     = w_P x gate_P at P's computed positions (0 elsewhere): one product with the map, whose gradient is
     ``coef`` itself (0.21; before, per-patch sums of the map in the autograd graph cost a quarter of a bf16
-    training step). Patch sums are strided sub-grid additions (spatial.patch_reduce); at least fp32."""
+    training step). The gate and ``coef`` are built one strided sub-grid (one position of every patch) at a
+    time, ``coef`` in ``x``'s dtype and memory format (0.22: no full-size fp32 map in another layout, which
+    made the product convert; in bf16 training a weight, and the term's value, are rounded to 8 significant
+    bits, at most 0.4%; the sum accumulates in fp32); per-patch weights are at least fp32."""
     n, c, h, w = x.shape
     hp, wp = mask.shape[1:]
     real = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
     real[:h, :w] = True
     dtype = torch.promote_types(x.dtype, torch.float32)
+    offsets = [(i, j) for i in range(p) for j in range(p)]
 
     with torch.no_grad():
         a = pad_to(x, hp, wp)
@@ -50,13 +54,24 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
             scale = slack * (positive.to(dtype).mean() if positive.numel() else x.new_tensor(1.0, dtype=dtype))
             gate = torch.exp(-rest / scale)
         else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position)
-            gate = (~patch_any(a.bool() & predicted, p)).to(dtype)
+            rest = None
+            for i, j in offsets:
+                there = predicted[:, i::p, j::p]
+                if bool(there.any()):
+                    hit = a[..., i::p, j::p].bool() & there
+                    rest = hit if rest is None else rest | hit
+            shape = (n, c, hp // p, wp // p)  # no real predicted position: every weight is 0 anyway
+            gate = torch.ones(shape, dtype=dtype, device=x.device) if rest is None else (~rest).to(dtype)
         # MACs saved if predicted: the patch's real predicted positions times the channel's MACs per output
         weight = patch_reduce(predicted.to(dtype), p, operator.add) * channel_macs.to(dtype)[:, None, None]
-        hb, wb = gate.shape[-2:]
-        computed = (mask & real).unflatten(1, (hb, p)).unflatten(3, (wb, p))  # (C, Hb, p, Wb, p)
-        coef = torch.where(computed, (gate * weight)[:, :, :, None, :, None], 0.0).reshape(n, c, hp, wp)
-    return (x * coef[..., :h, :w]).sum()
+        scaled = (gate * weight).to(x.dtype)
+        computed = mask & real
+        coef = torch.empty_like(x)
+        for i, j in offsets:
+            sub = coef[:, :, i::p, j::p]
+            hb, wb = sub.shape[-2:]
+            torch.mul(scaled[..., :hb, :wb], computed[:, i::p, j::p][:, :hb, :wb], out=sub)
+    return (x * coef).sum().to(dtype)  # accumulated in fp32 even for bf16 (sum(dtype=) would convert the map)
 
 
 class Predictability:
