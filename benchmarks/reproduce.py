@@ -376,7 +376,7 @@ def retraining_lines(path: Path = RETRAINING) -> list[str]:
                          f"{r['machine']} | {r['session']} |")  # fmt: skip
         best = best_retrained(study)
         text = (f"Most saved at a test drop <= 1: {best['saved']:.2f}% ({100 * best['saved'] / study['oracle']:.0f}% "
-                f"of the original's oracle)" if best else "No retraining here is within a test drop of 1")
+                f"of the original's oracle)" if best else "No retraining with masks here is within a test drop of 1")
         if study["goal"]:
             met = best is not None and best["saved"] >= study["goal"]
             text += f"; the goal ({study['goal']:.1f}%) is {'met' if met else 'not met'}"
