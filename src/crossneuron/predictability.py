@@ -18,6 +18,7 @@ zero, where the ReLU outputs exact zeros.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -54,14 +55,8 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
             scale = slack * (positive.to(dtype).mean() if positive.numel() else x.new_tensor(1.0, dtype=dtype))
             gate = torch.exp(-rest / scale)
         else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position)
-            rest = None
-            for i, j in offsets:
-                there = predicted[:, i::p, j::p]
-                if bool(there.any()):
-                    hit = a[..., i::p, j::p].bool() & there
-                    rest = hit if rest is None else rest | hit
-            shape = (n, c, hp // p, wp // p)  # no real predicted position: every weight is 0 anyway
-            gate = torch.ones(shape, dtype=dtype, device=x.device) if rest is None else (~rest).to(dtype)
+            hits = (a[..., i::p, j::p].bool() & predicted[:, i::p, j::p] for i, j in offsets)
+            gate = (~functools.reduce(operator.or_, hits)).to(dtype)
         # MACs saved if predicted: the patch's real predicted positions times the channel's MACs per output
         weight = patch_reduce(predicted.to(dtype), p, operator.add) * channel_macs.to(dtype)[:, None, None]
         scaled = (gate * weight).to(x.dtype)

@@ -76,9 +76,9 @@ def predicted_positions(x: torch.Tensor, mask: torch.Tensor, p: int, threshold: 
 
 def fill_positions(patches: torch.Tensor, mask: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
     """Bool (N, C, H, W) of ``like``'s size: the positions predicted patches (``patches``, (N, C, Hb, Wb)) set to
-    zero, i.e. not computed by ``mask``; in ``like``'s memory format, so that a channels_last map (bf16
-    training) stays channels_last through the layer (``masked_fill`` returns NCHW whatever its input, which
-    made every following convolution convert its input and gradient; ``torch.where`` keeps the format)."""
+    zero, i.e. not computed by ``mask``; in ``like``'s memory format, so that a channels_last map stays
+    channels_last through ``torch.where`` (the threshold's inference path; ``masked_fill`` returns NCHW whatever
+    its input). Training multiplies by ``keep_factor`` instead (0.22), built per sub-grid without this map."""
     h, w = like.shape[-2:]
     fill = expand_patches(patches, p, h, w) & ~mask[:, :h, :w]
     if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
