@@ -119,6 +119,27 @@ def test_bf16_channels_last_training_path_against_the_loop(p, h, w):
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+@pytest.mark.parametrize("density", [0.0, 0.4])
+def test_training_forward_counts_nothing_and_matches_inference(threshold, density):
+    # 0.23: a forward with a gradient in training mode skips the statistics; its values are the inference path's
+    # (checked against the loop elsewhere), also with a threshold and with a mask that computes nothing (every
+    # patch predicted); in eval mode a forward with a gradient counts
+    x = sparse_relu_map((3, 4, 7, 6), seed=11)
+    layer = Spatial((4, 7, 6), 2, [1, 2, 3, 4])
+    layer.mask.copy_(_random_mask(4, 7, 6, 2, seed=5, density=density))
+    layer.threshold = threshold
+    trained = layer(x.clone().requires_grad_(True))
+    assert torch.count_nonzero(layer.counts) == 0 and torch.count_nonzero(layer.mac_counts) == 0
+    with torch.no_grad():
+        measured = layer(x.clone())
+    assert layer.counts[0] > 0 and layer.counts[3] == 3 and layer.mac_counts[0] > 0
+    assert torch.equal(trained.detach(), measured)
+    assert not torch.equal(measured, x)
+    layer.eval()
+    assert torch.equal(layer(x.clone().requires_grad_(True)).detach(), measured) and layer.counts[3] == 6
+
+
 def test_disabled_or_all_true_layer_is_identity_object():
     x = sparse_relu_map((1, 2, 4, 4))
     layer = Spatial((2, 4, 4), 2, 1)
