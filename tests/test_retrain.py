@@ -156,17 +156,30 @@ def _penalty_loop(x, mask, p, macs, slack):
     return total, grad
 
 
+def _term_mask(c, h, w, p, g, uniform):
+    """Random masks, or one pattern for every channel and patch (uniform-layer: each sub-grid computed or
+    predicted whole, the term's short cuts)."""
+    from crossneuron.spatial import padded_size
+
+    hp, wp = padded_size(h, p), padded_size(w, p)
+    if not uniform:
+        return torch.rand(c, hp, wp, generator=g) < 0.4
+    pattern = torch.zeros(p, p, dtype=torch.bool)
+    pattern[0, p - 1] = pattern[p - 1, 0] = True
+    return pattern.repeat(hp // p, wp // p)[None].expand(c, -1, -1).clone()
+
+
+@pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize("slack", [0.0, 0.5])
 @pytest.mark.parametrize("p,h,w", [(2, 6, 5), (3, 7, 7)])
-def test_predictability_term_and_its_gradient_against_a_loop(slack, p, h, w):
+def test_predictability_term_and_its_gradient_against_a_loop(slack, p, h, w, uniform):
     from crossneuron.predictability import patch_penalty
-    from crossneuron.spatial import padded_size
 
     g = torch.Generator().manual_seed(p + h)
     c = 3
     x = torch.rand(2, c, h, w, generator=g, dtype=torch.float64)
     x[torch.rand(2, c, h, w, generator=g) < 0.6] = 0  # many patches whose rest is exactly zero
-    mask = torch.rand(c, padded_size(h, p), padded_size(w, p), generator=g) < 0.4
+    mask = _term_mask(c, h, w, p, g, uniform)
     macs = torch.tensor([5, 7, 0])
     x.requires_grad_(True)
     value = patch_penalty(x, mask, p, macs, slack)
@@ -182,19 +195,19 @@ def test_predictability_term_and_its_gradient_against_a_loop(slack, p, h, w):
         assert moved - total == pytest.approx(float((expect * step).sum()), rel=1e-6)
 
 
+@pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize("p,h,w", [(2, 6, 5), (3, 7, 7)])
-def test_predictability_term_in_bf16_channels_last_against_the_loop(p, h, w):
+def test_predictability_term_in_bf16_channels_last_against_the_loop(p, h, w, uniform):
     # bf16 training's layout: the gradient is the loop's coefficients rounded to bf16, in channels_last; the
     # value within bf16's rounding (8 significant bits) of the float64 loop
     from crossneuron.predictability import patch_penalty
-    from crossneuron.spatial import padded_size
 
     g = torch.Generator().manual_seed(p * h)
     c = 4
     x = torch.rand(2, c, h, w, generator=g)
     x[torch.rand(2, c, h, w, generator=g) < 0.6] = 0
     x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    mask = torch.rand(c, padded_size(h, p), padded_size(w, p), generator=g) < 0.4
+    mask = _term_mask(c, h, w, p, g, uniform)
     macs = torch.tensor([5, 7, 0, 576])
     value = patch_penalty(x, mask, p, macs)
     total, expect = _penalty_loop(x.detach().double(), mask, p, macs.tolist(), 0.0)

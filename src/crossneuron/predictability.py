@@ -24,11 +24,11 @@ import operator
 import torch
 
 from .net import PredictiveNet
-from .spatial import Spatial, pad_to, patch_reduce
+from .spatial import Spatial, pad_to, patch_reduce, sub_grids
 
 
 def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
-                  slack: float = 0.0) -> torch.Tensor:  # fmt: skip
+                  slack: float = 0.0, offsets=None) -> torch.Tensor:  # fmt: skip
     """Sum over images and patches of ``w_P * gate_P * computed_P`` for one site (see the module).
 
     ``x``: (N, C, H, W) activations; ``mask``: (C, Hp, Wp) bool; ``channel_macs``: (C,) MACs per output.
@@ -38,13 +38,17 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
     training step). The gate and ``coef`` are built one strided sub-grid (one position of every patch) at a
     time, ``coef`` in ``x``'s dtype and memory format (0.22: no full-size fp32 map in another layout, which
     made the product convert; in bf16 training a weight, and the term's value, are rounded to 8 significant
-    bits, at most 0.4%; the sum accumulates in fp32); per-patch weights are at least fp32."""
+    bits, at most 0.4%; the sum accumulates in fp32); per-patch weights are at least fp32. ``offsets``: the
+    mask's sub-grids as the Spatial layer caches them (``Spatial._derived``; computed here when not given): a
+    sub-grid the mask computes or predicts whole needs no AND with the mask (0.23: uniform-layer masks are
+    all such)."""
     n, c, h, w = x.shape
     hp, wp = mask.shape[1:]
     real = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
     real[:h, :w] = True
     dtype = torch.promote_types(x.dtype, torch.float32)
-    offsets = [(i, j) for i in range(p) for j in range(p)]
+    if offsets is None:
+        offsets = sub_grids(mask, p)
 
     with torch.no_grad():
         a = pad_to(x, hp, wp)
@@ -54,18 +58,24 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
             positive = x[x > 0]
             scale = slack * (positive.to(dtype).mean() if positive.numel() else x.new_tensor(1.0, dtype=dtype))
             gate = torch.exp(-rest / scale)
-        else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position)
-            hits = (a[..., i::p, j::p].bool() & predicted[:, i::p, j::p] for i, j in offsets)
-            gate = (~functools.reduce(operator.or_, hits)).to(dtype)
+        else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position;
+            # the padding is zero in ``a``)
+            hits = [a[..., o.i :: p, o.j :: p].bool() if o.computed is None else a[..., o.i :: p, o.j :: p].bool()
+                    & ~o.computed for o in offsets if o.computed is not True]  # fmt: skip
+            gate = (~functools.reduce(operator.or_, hits)).to(dtype) if hits else a.new_ones((), dtype=dtype)
         # MACs saved if predicted: the patch's real predicted positions times the channel's MACs per output
         weight = patch_reduce(predicted.to(dtype), p, operator.add) * channel_macs.to(dtype)[:, None, None]
         scaled = (gate * weight).to(x.dtype)
-        computed = mask & real
         coef = torch.empty_like(x)
-        for i, j in offsets:
-            sub = coef[:, :, i::p, j::p]
+        for o in offsets:  # the real positions of each sub-grid: w_P x gate_P where the mask computes, else 0
+            sub = coef[:, :, o.i :: p, o.j :: p]
             hb, wb = sub.shape[-2:]
-            torch.mul(scaled[..., :hb, :wb], computed[:, i::p, j::p][:, :hb, :wb], out=sub)
+            if o.computed is None:
+                sub.zero_()
+            elif o.computed is True:
+                sub.copy_(scaled.expand(n, c, -1, -1)[..., :hb, :wb])
+            else:
+                torch.mul(scaled[..., :hb, :wb], o.computed[:, :hb, :wb], out=sub)
     return (x * coef).sum().to(dtype)  # accumulated in fp32 even for bf16 (sum(dtype=) would convert the map)
 
 
@@ -101,7 +111,7 @@ class Predictability:
         total = None
         images = 1
         for layer, x in self.inputs:
-            part = patch_penalty(x, layer.mask, layer.patch_size, self.macs[id(layer)], self.slack)
+            part = patch_penalty(x, layer.mask, layer.patch_size, self.macs[id(layer)], self.slack, layer._derived()[0])
             total = part if total is None else total + part
             images = x.shape[0]
         self.inputs = []

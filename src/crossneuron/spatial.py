@@ -284,9 +284,14 @@ def _summarise(t: torch.Tensor) -> torch.Tensor | bool | None:
     return t.contiguous() if bool(t.any()) else None
 
 
+def sub_grids(mask: torch.Tensor, p: int) -> list[_Offset]:
+    """The mask (C, Hp, Wp) per strided sub-grid ``[:, i::p, j::p]`` (one position of every patch), summarised."""
+    return [_Offset(i, j, _summarise(mask[:, i::p, j::p])) for i in range(p) for j in range(p)]
+
+
 def _offsets(mask: torch.Tensor, shape: tuple[int, int, int], p: int):
     c, h, w = shape
-    subgrids = [_Offset(i, j, _summarise(mask[:, i::p, j::p])) for i in range(p) for j in range(p)]
+    subgrids = sub_grids(mask, p)
     real = torch.zeros_like(mask)
     real[:, :h, :w] = True
     weight = (~mask & real).view(c, mask.shape[1] // p, p, -1, p).sum((2, 4)).to(torch.uint8)
