@@ -120,14 +120,18 @@ def test_bf16_channels_last_training_path_against_the_loop(p, h, w):
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3])
-@pytest.mark.parametrize("density", [0.0, 0.4])
+@pytest.mark.parametrize("density", [0.0, 0.4, "uniform"])
 def test_training_forward_counts_nothing_and_matches_inference(threshold, density):
     # 0.23: a forward with a gradient in training mode skips the statistics; its values are the inference path's
-    # (checked against the loop elsewhere), also with a threshold and with a mask that computes nothing (every
-    # patch predicted); in eval mode a forward with a gradient counts
+    # (checked against the loop elsewhere), also with a threshold, with a mask that computes nothing (every
+    # patch predicted) and with one that computes whole sub-grids; in eval mode a forward with a gradient counts
     x = sparse_relu_map((3, 4, 7, 6), seed=11)
     layer = Spatial((4, 7, 6), 2, [1, 2, 3, 4])
-    layer.mask.copy_(_random_mask(4, 7, 6, 2, seed=5, density=density))
+    if density == "uniform":  # one position of four computed in every patch: whole sub-grids
+        layer.mask.zero_()
+        layer.mask[:, 1::2, 0::2] = True
+    else:
+        layer.mask.copy_(_random_mask(4, 7, 6, 2, seed=5, density=density))
     layer.threshold = threshold
     trained = layer(x.clone().requires_grad_(True))
     assert torch.count_nonzero(layer.counts) == 0 and torch.count_nonzero(layer.mac_counts) == 0

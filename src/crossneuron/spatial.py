@@ -176,8 +176,7 @@ class Spatial(nn.Module):
                 return x
             offsets, _ = self._derived()
             with torch.no_grad():
-                above = pad_to(x > self.threshold if self.threshold > 0 else x.bool(), *self.mask.shape[1:])
-                predict = ~_computed_hits(above, offsets, p)
+                predict = ~_computed_hits(pad_to(x, *self.mask.shape[1:]), offsets, p, self.threshold)
             return x * keep_factor(predict, offsets, p, x)
         with torch.no_grad():
             self.counts[3] += x.shape[0]
@@ -264,17 +263,19 @@ class _Offset:
     computed: torch.Tensor | bool | None
 
 
-def _computed_hits(above: torch.Tensor, offsets, p: int) -> torch.Tensor:
-    """Bool (N, C, Hb, Wb): the patches with a computed position above the threshold (``above``, the padded
-    map's flags), ORed over the strided sub-grids (``offsets``, from ``_offsets``); none where nothing is
-    computed. Its complement is the predicted patches."""
+def _computed_hits(x: torch.Tensor, offsets, p: int, threshold: float) -> torch.Tensor:
+    """Bool (N, C, Hb, Wb): the patches of the padded map ``x`` with a computed position above ``threshold``
+    (non-zero at 0), ORed over the strided sub-grids (``offsets``, from ``sub_grids``) the mask computes
+    anything of; only those are compared (a uniform-layer mask computing one position of four reads a quarter
+    of the map). None where nothing is computed. Its complement is the predicted patches."""
     hits = []
     for off in offsets:
         if off.computed is not None:
-            sub = above[:, :, off.i :: p, off.j :: p]
-            hits.append(sub if off.computed is True else sub & off.computed)
+            sub = x[:, :, off.i :: p, off.j :: p]
+            above = sub > threshold if threshold > 0 else sub.bool()  # x != 0, a faster kernel
+            hits.append(above if off.computed is True else above & off.computed)
     if not hits:
-        return torch.zeros_like(above[:, :, ::p, ::p])
+        return torch.zeros(x[:, :, ::p, ::p].shape, dtype=torch.bool, device=x.device)
     return functools.reduce(operator.or_, hits)
 
 
