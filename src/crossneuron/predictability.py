@@ -39,7 +39,7 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
     time, ``coef`` in ``x``'s dtype and memory format (0.22: no full-size fp32 map in another layout, which
     made the product convert; in bf16 training a weight, and the term's value, are rounded to 8 significant
     bits, at most 0.4%; the sum accumulates in fp32); per-patch weights are at least fp32. ``offsets``: the
-    mask's sub-grids as the Spatial layer caches them (``Spatial._derived``; computed here when not given): a
+    mask's sub-grids as the Spatial layer caches them (``Spatial.sub_grids``; computed here when not given): a
     sub-grid the mask computes or predicts whole needs no AND with the mask (0.23: uniform-layer masks are
     all such)."""
     n, c, h, w = x.shape
@@ -60,8 +60,11 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
             gate = torch.exp(-rest / scale)
         else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position;
             # the padding is zero in ``a``)
-            hits = [a[..., o.i :: p, o.j :: p].bool() if o.computed is None else a[..., o.i :: p, o.j :: p].bool()
-                    & ~o.computed for o in offsets if o.computed is not True]  # fmt: skip
+            hits = []
+            for o in offsets:
+                if o.computed is not True:  # a sub-grid with a predicted position
+                    flags = a[..., o.i :: p, o.j :: p].bool()
+                    hits.append(flags if o.computed is None else flags & ~o.computed)
             gate = (~functools.reduce(operator.or_, hits)).to(dtype) if hits else a.new_ones((), dtype=dtype)
         # MACs saved if predicted: the patch's real predicted positions times the channel's MACs per output
         weight = patch_reduce(predicted.to(dtype), p, operator.add) * channel_macs.to(dtype)[:, None, None]
@@ -111,7 +114,7 @@ class Predictability:
         total = None
         images = 1
         for layer, x in self.inputs:
-            part = patch_penalty(x, layer.mask, layer.patch_size, self.macs[id(layer)], self.slack, layer._derived()[0])
+            part = patch_penalty(x, layer.mask, layer.patch_size, self.macs[id(layer)], self.slack, layer.sub_grids())
             total = part if total is None else total + part
             images = x.shape[0]
         self.inputs = []

@@ -244,6 +244,10 @@ class Spatial(nn.Module):
             flat = flat[(r < h) & (q < w)]
         return flat.reshape(-1)
 
+    def sub_grids(self) -> list[_Offset]:
+        """The mask per strided sub-grid (``sub_grids``), cached until the mask changes in place."""
+        return self._derived()[0]
+
     def _derived(self):
         """Per-offset masks and per-patch weights, recomputed only when the mask changes in place."""
         version = (self.mask._version, self.mask.device)
