@@ -110,6 +110,24 @@ def test_retrain_with_distillation_records_it_and_bad_values_are_refused(searche
         TrainConfig(model="resnet18", dataset="synthetic", distill=0.5).check()
 
 
+def test_order_seed_changes_the_order_not_the_split(searched, tmp_path):
+    """--order-seed equal to the checkpoint's split seed gives the default's weights (it is the default); another
+    changes the weights but measures on the same calibration and check images; a resume with another is refused."""
+    result = searched / "run" / "uniform-layer" / "eps-5" / "result.json"
+    split_seed = json.loads((searched / "ckpt" / "meta.json").read_text())["split_seed"]
+    common = dict(epochs=1, lr=0.01, batch_size=64, quiet=True)
+    runs = {name: retrain(searched / "ckpt", result, out=tmp_path / name, order_seed=seed, **common)
+            for name, seed in (("plain", None), ("same", split_seed), ("other", split_seed + 7))}  # fmt: skip
+    weights = {k: load_file(str(tmp_path / k / "model.safetensors")) for k in runs}
+    assert all(torch.equal(weights["plain"][k], weights["same"][k]) for k in weights["plain"])
+    assert any(not torch.equal(weights["plain"][k], weights["other"][k]) for k in weights["plain"])
+    assert runs["other"]["order_seed"] == split_seed + 7 and runs["plain"]["order_seed"] is None
+    metas = [json.loads((d / "meta.json").read_text()) for d in (searched / "ckpt", tmp_path / "other")]
+    assert metas[0]["val_hash"] == metas[1]["val_hash"] and metas[1]["split_seed"] == split_seed  # the same split
+    with pytest.raises(CrossneuronError, match="order_seed was"):
+        retrain(searched / "ckpt", result, out=tmp_path / "other", order_seed=split_seed, resume=True, **common)
+
+
 def test_teacher_is_the_network_distilled_from(searched, tmp_path):
     """--teacher naming a copy of the source gives the same weights as no --teacher (the source is the
     default teacher); another network as teacher changes them; bad teachers are refused."""

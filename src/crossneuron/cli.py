@@ -550,6 +550,11 @@ def retrain(
     grow: Annotated[bool, typer.Option(help="with --rounds: each round grows the masks it retrained with "
                                              "(crossneuron grow) instead of searching from no prediction")] = False,
     precision: Precision = "fp32",
+    order_seed: Annotated[
+        int | None, typer.Option(help="seed of the training images' order, augmentation and dropout (default: the "
+                                      "checkpoint's split seed); the split never changes. Networks retrained from "
+                                      "one start with other seeds are what benchmarks/soup.py averages")
+    ] = None,
 ):
     """Fine-tune with the masks predicting (predicted positions pass no gradient), then measure again."""
     from .retrain import retrain as run
@@ -557,7 +562,7 @@ def retrain(
     quiet = quiet or as_json or not sys.stderr.isatty()
     strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
                     predictability=predictability, slack=slack, warmup=warmup, teacher=teacher,
-                    precision=precision, log=(lambda line: typer.echo(line, err=True)) if quiet else None)  # fmt: skip
+                    precision=precision, order_seed=order_seed, log=(lambda line: typer.echo(line, err=True)) if quiet else None)  # fmt: skip
     if grow and not rounds:
         raise CrossneuronError("--grow works with --rounds N; to grow one retrained network's masks: crossneuron grow")
     if rounds:

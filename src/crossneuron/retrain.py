@@ -84,7 +84,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             engine: str = "fast", progress=None, other_data: bool = False, distill: float = 0.0,
             temperature: float = 4.0, predictability: float = 0.0, slack: float = 0.0,
             warmup: float = 0.0, teacher: str | None = None, precision: str = "fp32",
-            log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
+            order_seed: int | None = None, log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     result_path = Path(result_path)
     if out is not None and Path(out).resolve() == Path(checkpoint_dir).resolve():
         raise CrossneuronError(f"--out {out} is the source checkpoint itself: retraining writes a new checkpoint, "
@@ -102,7 +102,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
                       device=device, init=str(ctx.path.resolve()), masks=str(result_path.resolve()),
                       distill=distill, temperature=temperature, predictability=predictability, slack=slack,
                       warmup=warmup, teacher=str(Path(teacher).resolve()) if teacher else None,
-                      precision=precision)  # fmt: skip
+                      precision=precision, order_seed=order_seed)  # fmt: skip
     cfg.check()  # bad options: one line before any folder is made
     with folder_lock(out):  # one writer per folder (train, inside, takes the same lock again)
         t0 = time.perf_counter()
@@ -135,6 +135,7 @@ def retrain(checkpoint_dir, result_path, out=None, epochs: int = 2, lr: float = 
             "slack": slack,
             "warmup": warmup,
             "precision": precision,
+            "order_seed": order_seed,
             "train_seconds": metrics["train_seconds"],
             "seconds": seconds,
             "original": str(origin),  # the drops' reference (chain_original)

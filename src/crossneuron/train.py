@@ -54,6 +54,7 @@ class TrainConfig:
     slack: float = 0.0  # the term's gate: 0 counts only patches whose predicted positions are all zero
     warmup: float = 0.0  # epochs of linear learning-rate warm-up before the cosine decay
     precision: str = "fp32"  # "bf16": training passes in bfloat16 autocast, channels_last (see autocast())
+    order_seed: int | None = None  # the image order, augmentation and dropout (None: seed); the split keeps seed
     input_size: int | None = None  # imagefolder:DIR only: image side (default 224)
     mean: list[float] | None = None  # imagefolder:DIR only: normalisation (default ImageNet's)
     std: list[float] | None = None
@@ -221,7 +222,8 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
         new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0,  # pre-0.6
                       "predictability": 0.0, "slack": 0.0, "warmup": 0.0,  # pre-0.7
                       "teacher": None,  # pre-0.15
-                      "precision": "fp32"}  # pre-0.18
+                      "precision": "fp32",  # pre-0.18
+                      "order_seed": None}  # pre-0.23
         was, now = {**new_fields, **stored}, asdict(cfg)
         if was != now:
             differ = "; ".join(f"{k} was {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
@@ -293,9 +295,10 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
     ]  # fmt: skip
     term = Predictability(runner, cfg.slack) if cfg.predictability > 0 else contextlib.nullcontext()
     with Progress(*columns, disable=quiet, transient=False) as progress, term:
+        order = cfg.seed if cfg.order_seed is None else cfg.order_seed
         for epoch in range(start, cfg.epochs):
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same stream after a resume
-            shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            torch.manual_seed(order * 1_000_003 + epoch)  # augmentation, dropout: same stream after a resume
+            shuffle = torch.Generator().manual_seed(order * 1_000_003 + epoch)
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
             runner.train()
             t0, seen, loss_sum, hits = time.perf_counter(), 0, 0.0, 0
