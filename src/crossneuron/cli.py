@@ -562,7 +562,8 @@ def retrain(
     quiet = quiet or as_json or not sys.stderr.isatty()
     strategy = dict(epochs=epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
                     predictability=predictability, slack=slack, warmup=warmup, teacher=teacher,
-                    precision=precision, order_seed=order_seed, log=(lambda line: typer.echo(line, err=True)) if quiet else None)  # fmt: skip
+                    precision=precision, order_seed=order_seed,
+                    log=(lambda line: typer.echo(line, err=True)) if quiet else None)  # fmt: skip
     if grow and not rounds:
         raise CrossneuronError("--grow works with --rounds N; to grow one retrained network's masks: crossneuron grow")
     if rounds:
