@@ -18,13 +18,12 @@ zero, where the ReLU outputs exact zeros.
 
 from __future__ import annotations
 
-import functools
 import operator
 
 import torch
 
 from .net import PredictiveNet
-from .spatial import Spatial, pad_to, patch_reduce, sub_grids
+from .spatial import Spatial, pad_to, patch_hits, patch_reduce, sub_grids
 
 
 def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: torch.Tensor,
@@ -60,12 +59,7 @@ def patch_penalty(x: torch.Tensor, mask: torch.Tensor, p: int, channel_macs: tor
             gate = torch.exp(-rest / scale)
         else:  # the rest is zero: no non-zero at a predicted position (bool passes, a byte per position;
             # the padding is zero in ``a``)
-            hits = []
-            for o in offsets:
-                if o.computed is not True:  # a sub-grid with a predicted position
-                    flags = a[..., o.i :: p, o.j :: p].bool()
-                    hits.append(flags if o.computed is None else flags & ~o.computed)
-            gate = (~functools.reduce(operator.or_, hits)).to(dtype) if hits else a.new_ones((), dtype=dtype)
+            gate = (~patch_hits(a, offsets, p, predicted=True)).to(dtype)
         # MACs saved if predicted: the patch's real predicted positions times the channel's MACs per output
         weight = patch_reduce(predicted.to(dtype), p, operator.add) * channel_macs.to(dtype)[:, None, None]
         scaled = (gate * weight).to(x.dtype)

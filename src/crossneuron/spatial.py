@@ -88,7 +88,7 @@ def fill_positions(patches: torch.Tensor, mask: torch.Tensor, p: int, like: torc
 
 def keep_factor(patches: torch.Tensor, offsets, p: int, like: torch.Tensor) -> torch.Tensor:
     """``like``'s size, dtype and memory format: 0 at the positions predicted patches (``patches``, (N, C,
-    Hb, Wb) bool) set to zero, i.e. not computed by the mask (``offsets``, from ``_offsets``), 1 elsewhere.
+    Hb, Wb) bool) set to zero, i.e. not computed by the mask (``offsets``, from ``sub_grids``), 1 elsewhere.
     Written one strided sub-grid at a time, so no full-size bool map is built and converted (0.22: ``x *
     keep`` and its backward ``grad * keep`` are bf16 multiplies, several times faster on CPU than
     ``torch.where(fill, 0.0, x)`` with a bool map expanded from the patches; a non-finite value at a predicted
@@ -176,7 +176,7 @@ class Spatial(nn.Module):
                 return x
             offsets, _ = self._derived()
             with torch.no_grad():
-                predict = ~_computed_hits(pad_to(x, *self.mask.shape[1:]), offsets, p, self.threshold)
+                predict = ~patch_hits(pad_to(x, *self.mask.shape[1:]), offsets, p, self.threshold)
             return x * keep_factor(predict, offsets, p, x)
         with torch.no_grad():
             self.counts[3] += x.shape[0]
@@ -267,17 +267,23 @@ class _Offset:
     computed: torch.Tensor | bool | None
 
 
-def _computed_hits(x: torch.Tensor, offsets, p: int, threshold: float) -> torch.Tensor:
-    """Bool (N, C, Hb, Wb): the patches of the padded map ``x`` with a computed position above ``threshold``
-    (non-zero at 0), ORed over the strided sub-grids (``offsets``, from ``sub_grids``) the mask computes
-    anything of; only those are compared (a uniform-layer mask computing one position of four reads a quarter
-    of the map). None where nothing is computed. Its complement is the predicted patches."""
+def patch_hits(x: torch.Tensor, offsets, p: int, threshold: float = 0.0, predicted: bool = False) -> torch.Tensor:
+    """Bool (N, C, Hb, Wb): the patches of the padded map ``x`` with a value above ``threshold`` (non-zero at 0)
+    at a position the mask computes (``predicted``: at one it predicts), ORed over the strided sub-grids
+    (``offsets``, from ``sub_grids``); a sub-grid with no such position is never read (a uniform-layer mask
+    computing one position of four reads a quarter of the map for the computed ones). None where there is no
+    such position. With computed positions its complement is the predicted patches (the training path); with
+    predicted ones, the patches whose rest is not zero (the predictability term's gate)."""
     hits = []
     for off in offsets:
-        if off.computed is not None:
-            sub = x[:, :, off.i :: p, off.j :: p]
-            above = sub > threshold if threshold > 0 else sub.bool()  # x != 0, a faster kernel
-            hits.append(above if off.computed is True else above & off.computed)
+        part = off.computed
+        if part is (True if predicted else None):
+            continue
+        sub = x[:, :, off.i :: p, off.j :: p]
+        above = sub > threshold if threshold > 0 else sub.bool()  # x != 0, a faster kernel
+        if part is not None and part is not True:
+            above = above & (~part if predicted else part)
+        hits.append(above)
     if not hits:
         return torch.zeros(x[:, :, ::p, ::p].shape, dtype=torch.bool, device=x.device)
     return functools.reduce(operator.or_, hits)
