@@ -79,6 +79,9 @@ KILLS = [  # (fault, test, outcome): faults tested elsewhere in the suite, each 
     ("`kill -9` of `train` at random moments, then `--resume`",
      "tests/test_train.py::test_sigkill_at_any_moment_then_resume_equals_uninterrupted",
      "the weights equal an uninterrupted run's"),
+    ("`--resume` after the init or teacher checkpoint moved, or after another network was put at its path",
+     "tests/test_train.py::test_a_moved_teacher_resumes_and_one_changed_in_place_does_not",
+     "the moved one resumes to the uninterrupted weights; the changed one is refused in one line naming the option"),
     ("`kill -9` of `report` while it writes, then the same command",
      "tests/test_report.py::test_sigkill_of_report_then_a_rerun_writes_the_same_files",
      "the same files, `table.md` byte-equal to an uninterrupted report's (`retrain` trains through `train`'s "

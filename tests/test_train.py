@@ -291,3 +291,39 @@ def test_bf16_training_passes_follow_fp32_and_resume_like_fp32(trained, tmp_path
                        "--precision", "fp16")  # fmt: skip
     assert code != 0 and "--precision must be one of fp32, bf16, got 'fp16'" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_moved_teacher_resumes_and_one_changed_in_place_does_not(trained, tmp_path):
+    """Resume compares path-valued inputs by what they hold (sha256 recorded in config.json), not by
+    the path: the same init and teacher at another path resume to the uninterrupted weights; another
+    network put at the recorded path is refused, naming the option; a pre-0.24 config (no digests) still
+    needs the same paths."""
+    import shutil
+
+    out, _ = trained
+    first = tmp_path / "first"
+    shutil.copytree(out, first)
+    opts = {**CFG, "epochs": 2, "lr": 0.01, "distill": 0.5}
+    uninterrupted = tmp_path / "u"
+    train(TrainConfig(**opts, init=str(first), teacher=str(first)), uninterrupted, quiet=True)
+    assert train(TrainConfig(**opts, init=str(first), teacher=str(first)), tmp_path / "a", quiet=True,
+                 stop_after=1) is None  # fmt: skip
+    recorded = json.loads((tmp_path / "a" / "config.json").read_text())["input_digests"]
+    assert set(recorded) == {"init", "teacher"} and recorded["init"] == recorded["teacher"]
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    train(TrainConfig(**opts, init=str(moved), teacher=str(moved)), tmp_path / "a", quiet=True, resume=True)
+    a, u = weights(tmp_path / "a"), weights(uninterrupted)
+    assert all(torch.equal(a[k], u[k]) for k in a)
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["init"] == str(moved)  # the chain follows it
+
+    assert train(TrainConfig(**opts, init=str(moved), teacher=str(moved)), tmp_path / "b", quiet=True,
+                 stop_after=1) is None  # fmt: skip
+    shutil.copy(uninterrupted / "model.safetensors", moved / "model.safetensors")  # another network, same path
+    with pytest.raises(CrossneuronError, match=f"teacher {moved} holds other contents"):
+        train(TrainConfig(**opts, init=str(moved), teacher=str(moved)), tmp_path / "b", quiet=True, resume=True)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    del config["input_digests"]  # as 0.23 wrote it: only the paths are known
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CrossneuronError, match=f"init was {str(moved)!r}, now {str(first)!r}"):
+        train(TrainConfig(**opts, init=str(first), teacher=str(moved)), tmp_path / "b", quiet=True, resume=True)

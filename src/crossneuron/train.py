@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import platform
 import sys
@@ -202,6 +204,52 @@ def train(
         return _train(cfg, out, spec, arrays, split, resume, quiet, stop_after, log)
 
 
+PATH_INPUTS = ("init", "teacher", "masks", "weights")  # options that name a file or a checkpoint folder
+
+
+def input_digests(cfg: TrainConfig) -> dict[str, str]:
+    """Per path-valued option that names something on disk, the sha256 of what it names (a checkpoint
+    folder's weights file, any other file's bytes): what a resume compares, so a moved input still resumes
+    and an input changed in place does not."""
+    out = {}
+    for key in PATH_INPUTS:
+        value = getattr(cfg, key)
+        path = Path(value) / checkpoint.WEIGHTS if value and Path(value).is_dir() else Path(value or "")
+        if value and path.is_file():
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[key] = h.hexdigest()
+    return out
+
+
+def check_resume(cfg: TrainConfig, config_path: Path, digests: dict[str, str]) -> None:
+    """Refuse to resume a run with options other than those in ``config_path`` (one line naming each).
+    An input named by another path counts as the same where its digest matches the recorded one (a
+    checkpoint moved since); one whose digest changed under the same path does not (runs before 0.24
+    recorded no digests: their paths must match)."""
+    try:
+        stored = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
+                               "train into another --out") from None  # fmt: skip
+    new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0,  # pre-0.6
+                  "predictability": 0.0, "slack": 0.0, "warmup": 0.0,  # pre-0.7
+                  "teacher": None,  # pre-0.15
+                  "precision": "fp32",  # pre-0.18
+                  "order_seed": None}  # pre-0.23
+    recorded = stored.pop("input_digests", {})
+    was, now = {**new_fields, **stored}, asdict(cfg)
+    differ = [f"{k} was {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
+              if was.get(k) != now.get(k) and not (k in recorded and recorded[k] == digests.get(k))]  # fmt: skip
+    differ += [f"{k} {now[k]} holds other contents than when the run began" for k in PATH_INPUTS
+               if was.get(k) == now.get(k) and k in recorded and recorded[k] != digests.get(k)]  # fmt: skip
+    if differ:
+        raise CrossneuronError(f"{config_path.parent} was trained with other options ({config_path}: "
+                               f"{'; '.join(differ)}): resume with the same ones")  # fmt: skip
+
+
 def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet: bool, stop_after, log) -> dict | None:
     x_train, y_train = split_arrays(arrays, split, "train")
     x_val, y_val = split_arrays(arrays, split, "val")
@@ -211,26 +259,10 @@ def _train(cfg: TrainConfig, out: Path, spec, arrays, split, resume: bool, quiet
     if (out / checkpoint.META).exists() and not resume:  # a finished or shipped checkpoint: never overwritten
         raise CrossneuronError(f"{out} already holds a checkpoint: choose another --out (or pass --resume to "
                                "continue an interrupted run with the same options)")  # fmt: skip
+    digests = input_digests(cfg)
     if resume and config_path.exists():
-        import json
-
-        try:
-            stored = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CrossneuronError(f"{config_path} is corrupt ({exc}): it records the run's options; restore it or "
-                                   "train into another --out") from None  # fmt: skip
-        new_fields = {"input_size": None, "mean": None, "std": None, "distill": 0.0, "temperature": 4.0,  # pre-0.6
-                      "predictability": 0.0, "slack": 0.0, "warmup": 0.0,  # pre-0.7
-                      "teacher": None,  # pre-0.15
-                      "precision": "fp32",  # pre-0.18
-                      "order_seed": None}  # pre-0.23
-        was, now = {**new_fields, **stored}, asdict(cfg)
-        if was != now:
-            differ = "; ".join(f"{k} was {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
-                               if was.get(k) != now.get(k))  # fmt: skip
-            raise CrossneuronError(f"{out} was trained with other options ({config_path}: {differ}): resume with "
-                                   "the same ones")  # fmt: skip
-    write_json(config_path, asdict(cfg))
+        check_resume(cfg, config_path, digests)
+    write_json(config_path, {**asdict(cfg), "input_digests": digests})
 
     torch.manual_seed(cfg.seed)
     if str(cfg.device).startswith("cuda"):
