@@ -203,8 +203,8 @@ def test_predictability_term_and_its_gradient_against_a_loop(slack, p, h, w, uni
     value = patch_penalty(x, mask, p, macs, slack)
     total, expect = _penalty_loop(x.detach(), mask, p, macs.tolist(), slack)
     assert value.item() == pytest.approx(total, rel=1e-9) and total > 0
-    (grad,) = torch.autograd.grad(value, [x])
-    torch.testing.assert_close(grad, expect)
+    (grad,) = torch.autograd.grad(2.5 * value, [x])  # an upstream gradient other than 1 (the term's weight)
+    torch.testing.assert_close(grad, 2.5 * expect)
     assert torch.all(grad[:, ~mask[:, :h, :w]] == 0)  # the predicted positions are never pushed
     if slack == 0:  # hard gate, linear in the computed positions: a finite difference agrees
         step = torch.zeros_like(x)
