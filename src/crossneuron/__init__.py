@@ -8,7 +8,7 @@ from .search.ray_engine import RayBackend
 from .sites import Site
 from .tensors import optimize
 
-__version__ = "0.23.0"
+__version__ = "0.24.0"
 
 __all__ = [
     "MODELS",
