@@ -375,8 +375,9 @@ def retraining_lines(path: Path = RETRAINING) -> list[str]:
                          f"{num(r['check_drop'])} | {num(r['oracle_after'])} | {num(r['train_s'], '{:,}')} | "
                          f"{r['machine']} | {r['session']} |")  # fmt: skip
         best = best_retrained(study)
-        text = (f"Most saved at a test drop <= 1: {best['saved']:.2f}% ({100 * best['saved'] / study['oracle']:.0f}% "
-                f"of the original's oracle)" if best else "No retraining with masks here is within a test drop of 1")
+        text = ("No retraining with masks here is within a test drop of 1" if best is None else
+                f"Most saved at a test drop <= 1 (row {study['rows'].index(best)}, read off the rows' test numbers): "
+                f"{best['saved']:.2f}% ({100 * best['saved'] / study['oracle']:.0f}% of the original's oracle)")
         if study["goal"]:
             met = best is not None and best["saved"] >= study["goal"]
             text += f"; the goal ({study['goal']:.1f}%) is {'met' if met else 'not met'}"
