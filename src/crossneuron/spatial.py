@@ -271,8 +271,8 @@ def patch_hits(x: torch.Tensor, offsets, p: int, threshold: float = 0.0, predict
     """Bool (N, C, Hb, Wb): the patches of the padded map ``x`` with a value above ``threshold`` (non-zero at 0)
     at a position the mask computes (``predicted``: at one it predicts), ORed over the strided sub-grids
     (``offsets``, from ``sub_grids``); a sub-grid with no such position is never read (a uniform-layer mask
-    computing one position of four reads a quarter of the map for the computed ones). None where there is no
-    such position. With computed positions its complement is the predicted patches (the training path); with
+    computing one position of four reads a quarter of the map for the computed ones). All False where there is
+    no such position. With computed positions its complement is the predicted patches (the training path); with
     predicted ones, the patches whose rest is not zero (the predictability term's gate)."""
     hits = []
     for off in offsets:

@@ -214,9 +214,11 @@ def input_digests(cfg: TrainConfig) -> dict[str, str]:
     out = {}
     for key in PATH_INPUTS:
         value = getattr(cfg, key)
-        path = Path(value) / checkpoint.WEIGHTS if value and Path(value).is_dir() else Path(value or "")
-        if value and path.is_file():
-            h = hashlib.sha256()
+        if not value:
+            continue
+        path = Path(value) / checkpoint.WEIGHTS if Path(value).is_dir() else Path(value)
+        if path.is_file():  # (``weights`` may also name torchvision's, e.g. IMAGENET1K_V1: nothing to hash)
+            h = hashlib.sha256()  # hashlib.file_digest needs Python 3.11
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
